@@ -1,0 +1,41 @@
+# make serve   - set up .venv and run the service on http://localhost:8000
+# make test    - set up .venv (with dev dependencies) and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install serve test test-fast bench compile export-model train clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/serve run serve_config.yaml
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not serve and not train" $(PYTEST_ARGS)
+
+export-model: install
+	$(BIN)/python -m serve_app.export_model artifacts/default-model
+
+compile: install
+	$(BIN)/python -m serve_app.compile --backend jit --out artifacts/compile-cache
+
+train: install
+	$(BIN)/python -m training.finetune --config training/configs/default.yaml
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

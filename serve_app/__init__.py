@@ -1,0 +1,1 @@
+"""Sentiment-analysis inference on Ray Serve: FastAPI ingress -> batched model deployment -> CPU/Neuron backend."""

@@ -1,0 +1,89 @@
+"""The service's configuration: one pydantic tree, validated when the app is built from serve_config.yaml.
+
+`AppConfig` is filled from the application's `args`; `BatchSettings` from the model deployment's
+`user_config` (applied in `reconfigure()`, so it can change without restarting replicas). Unknown keys fail.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.buckets import BucketGrid
+
+BackendName = Literal["auto", "cpu", "jit", "neuronx", "neuron"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BucketSettings(_Strict):
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 4, 8, 16, 32],
+        description="Compiled batch sizes (jit/neuron backends); the largest also caps a forward on cpu.",
+    )
+    seq_lens: list[int] = Field(
+        default_factory=lambda: [16, 32, 64, 128],
+        description="Compiled sequence lengths in tokens; the largest is the truncation length.",
+    )
+    max_waste: float = Field(
+        0.5, ge=0.0, le=1.0, description="Split a group when more than this fraction of its bucket would be padding."
+    )
+
+    def grid(self, fixed: bool) -> BucketGrid:
+        if fixed:
+            return BucketGrid(tuple(self.batch_sizes), tuple(self.seq_lens))
+        return BucketGrid.dynamic(max(self.batch_sizes), max(self.seq_lens))
+
+
+class LimitSettings(_Strict):
+    max_texts_per_request: int = Field(256, ge=1, description="Most texts in one POST /analyze body.")
+    max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        description="Longest accepted text in characters; longer is refused with 413. Below it, texts are "
+        "truncated to the model's token limit (the largest seq_len bucket), as transformers.pipeline does.",
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="Ingress gives up on the model after this long (504).")
+
+
+class BatchSettings(_Strict):
+    """Batching knobs, set through the model deployment's `user_config` and applied in `reconfigure()`."""
+
+    max_batch_size: int = Field(32, ge=1, description="Most requests @serve.batch gathers into one batch.")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0.0, le=1.0, description="How long a batch waits to fill once its first request arrived."
+    )
+
+
+class AppConfig(_Strict):
+    model: str = Field(
+        "default",
+        description="'default' (the embedded fine-tuned MiniLM, offline), a local Hugging Face model "
+        "directory (full or LoRA adapter), or a hub id (needs a network).",
+    )
+    backend: BackendName = Field("cpu", description="Inference backend; 'auto' picks neuronx/neuron when present.")
+    compile_cache_dir: Optional[str] = Field(
+        None, description="Directory of precompiled bucket artifacts (jit/neuron backends); compiled on demand if unset."
+    )
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per model replica.")
+    quantize: Literal["none", "int8"] = Field("none", description="'int8': dynamic int8 quantization (cpu backend).")
+    buckets: BucketSettings = Field(default_factory=BucketSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    labels: Optional[list[str]] = Field(
+        None, description="Override the model's label names, in class-id order (default: the model's own)."
+    )
+    log_requests: bool = Field(False, description="Log one structured line per request (never the texts).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AppConfig":
+        if self.quantize != "none" and self.backend not in ("cpu", "auto"):
+            raise ValueError("quantize applies to the cpu backend only")
+        return self
+
+
+def parse_app_args(args: dict | None) -> AppConfig:
+    """Validate serve_config.yaml `args` (raises pydantic.ValidationError naming every bad key)."""
+    return AppConfig.model_validate(args or {})

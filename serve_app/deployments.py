@@ -1,0 +1,118 @@
+"""The two Serve deployments: `SentimentModel` (batching + backend) and `Ingress` (FastAPI over a handle)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Optional
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.api import create_api
+from serve_app.classifier import Classifier
+from serve_app.config import AppConfig, BatchSettings
+from serve_app.errors import BackendFailure, Overloaded
+from serve_app.schemas import ModelInfo, Prediction
+
+logger = logging.getLogger("ray.serve")
+
+BackendFactory = Callable  # (AppConfig, LoadedModel) -> Backend
+DEFAULT_BATCH = BatchSettings()
+
+
+@serve.deployment(
+    name="SentimentModel",
+    # Must be >= max_batch_size (user_config) or batches can never fill; 2x lets the next batch form
+    # while one runs.
+    max_ongoing_requests=2 * DEFAULT_BATCH.max_batch_size,
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class SentimentModel:
+    def __init__(self, config: dict, backend_factory: Optional[BackendFactory] = None) -> None:
+        import torch
+
+        from serve_app.backends import create_backend
+        from serve_app.model_source import load_classifier
+
+        self.config = AppConfig.model_validate(config)
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        loaded = load_classifier(self.config.model)
+        labels = tuple(self.config.labels) if self.config.labels else loaded.labels
+        backend = (backend_factory or create_backend)(self.config, loaded)
+        backend.warm_up()
+        self.classifier = Classifier(loaded.tokenizer, backend, labels, self.config.buckets.max_waste)
+        self.info_value = ModelInfo(
+            source=loaded.source, backend=backend.name, labels=labels, buckets=len(backend.grid.all())
+        )
+        logger.info("SentimentModel ready: %s", self.info_value)
+
+    def reconfigure(self, user_config: dict) -> None:
+        settings = BatchSettings.model_validate(user_config or {})
+        self.batch = settings
+        self.classify_batch.set_max_batch_size(settings.max_batch_size)
+        self.classify_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
+    async def classify_batch(self, requests: list[list[str]]) -> list[list[Prediction]]:
+        flat = [text for texts in requests for text in texts]
+        # Off the event loop, so requests keep arriving (and the next batch forms) during the forward.
+        predictions, _report = await asyncio.to_thread(self.classifier.classify, flat)
+        results, start = [], 0
+        for texts in requests:
+            results.append(predictions[start : start + len(texts)])
+            start += len(texts)
+        return results
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        return await self.classify_batch(texts)
+
+    def batch_settings(self) -> BatchSettings:
+        return getattr(self, "batch", DEFAULT_BATCH)
+
+    def info(self) -> ModelInfo:
+        return self.info_value
+
+    def check_health(self) -> None:
+        """A tiny real forward: a wedged backend or a lost NeuronCore fails it, and Serve restarts the replica."""
+        self.classifier.classify(["ok"])
+
+
+class HandleClient:
+    """ModelClient over a DeploymentHandle: maps Ray's failures to the service's error taxonomy."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def _call(self, method: str, *args):
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await getattr(self.handle, method).remote(*args)
+        except BackPressureError:
+            raise Overloaded("the service is at capacity; retry shortly") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged with its text; the client sees a fixed message
+            logger.error("model call %s failed: %r", method, exc)
+            raise BackendFailure("model call failed") from exc
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        return await self._call("classify", texts)
+
+    async def info(self) -> ModelInfo:
+        return await self._call("info")
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Ingress:
+    def __init__(self, model: DeploymentHandle, config: dict) -> None:
+        self.client = HandleClient(model)
+        self.config = AppConfig.model_validate(config)
+
+    def __serve_build_asgi_app__(self):
+        return create_api(self.client, self.config)

@@ -1,0 +1,105 @@
+"""The service's error taxonomy and the one place that maps it to HTTP status codes and JSON bodies."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("serve_app.errors")
+
+
+class ServiceError(Exception):
+    status_code = 500
+    code = "backend_failure"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(ServiceError):
+    status_code, code = 422, "invalid_input"
+
+
+class TooLarge(ServiceError):
+    status_code, code = 413, "too_large"
+
+
+class Overloaded(ServiceError):
+    status_code, code = 503, "overloaded"
+    headers = {"Retry-After": "1"}
+
+
+class NotReady(ServiceError):
+    status_code, code = 503, "not_ready"
+    headers = {"Retry-After": "5"}
+
+
+class Timeout(ServiceError):
+    status_code, code = 504, "timeout"
+
+
+class BackendFailure(ServiceError):
+    status_code, code = 500, "backend_failure"
+
+
+#: What a 500 says: never the exception's own text.
+INTERNAL_MESSAGE = "the model failed to process the request; it was logged with this request id"
+
+
+def error_response(status: int, code: str, message: str, request_id: str | None = None,
+                   details: list[dict] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    if details:
+        body["error"]["details"] = details
+    response = JSONResponse(status_code=status, content=body, headers=headers)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict]]:
+    details = []
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        details.append({"field": location, "problem": err.get("msg", "invalid"), "type": err.get("type")})
+    if any(d["type"] == "json_invalid" for d in details):
+        return "request body is not valid JSON", details
+    if any(d["type"] == "missing" or d["field"] == "body" for d in details):
+        return "request body must be a JSON object with a 'text' field", details
+    return "'text' must be a string or a list of strings", details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError):
+        message = exc.message
+        if isinstance(exc, BackendFailure):
+            logger.error("request %s failed: %s", _request_id(request), exc.message, exc_info=exc.__cause__)
+            message = INTERNAL_MESSAGE
+        return error_response(exc.status_code, exc.code, message, _request_id(request), exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        message, details = _validation_details(exc)
+        return error_response(422, "invalid_input", message, _request_id(request), details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_input")
+        return error_response(exc.status_code, code, str(exc.detail), _request_id(request), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        logger.exception("request %s failed unexpectedly", _request_id(request))
+        return error_response(500, "backend_failure", INTERNAL_MESSAGE, _request_id(request))

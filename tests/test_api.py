@@ -1,0 +1,137 @@
+"""In-process HTTP tests (httpx.ASGITransport, no Ray): the FastAPI app over a fake model client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from serve_app.api import create_api
+from serve_app.config import AppConfig
+from serve_app.errors import BackendFailure, Overloaded
+from serve_app.schemas import ModelInfo, Prediction
+
+
+class FakeClient:
+    """Labels a text POSITIVE when it contains 'good'; records the chunks it was sent."""
+
+    def __init__(self, fail_with: Exception | None = None, delay_s: float = 0.0) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_with = fail_with
+        self.delay_s = delay_s
+
+    async def classify(self, texts):
+        self.calls.append(list(texts))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_with:
+            raise self.fail_with
+        return [Prediction(label="POSITIVE" if "good" in t else "NEGATIVE", score=0.9) for t in texts]
+
+    async def info(self):
+        return ModelInfo(source="fake", backend="cpu", labels=("NEGATIVE", "POSITIVE"), buckets=1)
+
+
+def make_client(fake: FakeClient, **config) -> httpx.AsyncClient:
+    app = create_api(fake, AppConfig(**config))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
+
+
+async def post(fake, body=None, content=None, **config):
+    async with make_client(fake, **config) as client:
+        if content is not None:
+            return await client.post("/analyze", content=content, headers={"content-type": "application/json"})
+        return await client.post("/analyze", json=body)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_single_text_returns_pipeline_format():
+    response = run(post(FakeClient(), {"text": "good stuff"}))
+    assert response.status_code == 200
+    assert response.json() == [{"label": "POSITIVE", "score": 0.9}]
+    assert response.headers["x-request-id"]
+
+
+def test_list_keeps_order_and_is_chunked():
+    fake = FakeClient()
+    texts = [f"good {i}" if i % 3 == 0 else f"bad {i}" for i in range(70)]
+    response = run(post(fake, {"text": texts}))
+    assert response.status_code == 200
+    labels = [p["label"] for p in response.json()]
+    assert labels == ["POSITIVE" if i % 3 == 0 else "NEGATIVE" for i in range(70)]
+    assert [len(c) for c in fake.calls] == [32, 32, 6]
+
+
+@pytest.mark.parametrize(
+    "body,content,status,fragment",
+    [
+        (None, b"{not json", 422, "not valid JSON"),
+        (None, b"", 422, "'text' field"),
+        ({}, None, 422, "'text' field"),
+        ({"text": None}, None, 422, "string or a list"),
+        ({"text": 42}, None, 422, "string or a list"),
+        ({"text": ["ok", 1]}, None, 422, "string or a list"),
+        ({"text": ""}, None, 422, "empty"),
+        ({"text": "  "}, None, 422, "empty"),
+        ({"text": []}, None, 422, "empty list"),
+        ({"text": ["a"] * 257}, None, 413, "limit is 256"),
+        ({"text": "x" * 10_001}, None, 413, "limit is 10000"),
+        ([1, 2], None, 422, "'text' field"),
+    ],
+)
+def test_bad_input_gets_4xx_json(body, content, status, fragment):
+    fake = FakeClient()
+    response = run(post(fake, body, content))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["code"] in ("invalid_input", "too_large")
+    assert fake.calls == []
+
+
+def test_wrong_method_and_unknown_path():
+    async def go():
+        async with make_client(FakeClient()) as client:
+            return await client.get("/analyze"), await client.post("/nope", json={})
+
+    wrong, missing = run(go())
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_backend_failure_is_500_without_leaking_text():
+    response = run(post(FakeClient(fail_with=BackendFailure("secret internal detail")), {"text": "good"}))
+    assert response.status_code == 500
+    assert "secret" not in response.text
+    assert response.json()["error"]["code"] == "backend_failure"
+
+
+def test_unexpected_exception_is_500_fixed_message():
+    response = run(post(FakeClient(fail_with=RuntimeError("boom /etc/passwd")), {"text": "good"}))
+    assert response.status_code == 500 and "boom" not in response.text
+
+
+def test_overloaded_is_503_with_retry_after():
+    response = run(post(FakeClient(fail_with=Overloaded("busy")), {"text": "good"}))
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "overloaded"
+
+
+def test_timeout_is_504_json():
+    response = run(post(FakeClient(delay_s=1.0), {"text": "good"}, limits={"request_timeout_s": 0.05}))
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+
+
+def test_healthz_and_openapi():
+    async def go():
+        async with make_client(FakeClient()) as client:
+            return await client.get("/healthz"), await client.get("/openapi.json")
+
+    health, schema = run(go())
+    assert health.json() == {"status": "ok", "model": "fake", "backend": "cpu", "labels": ["NEGATIVE", "POSITIVE"]}
+    paths = schema.json()["paths"]
+    assert "/analyze" in paths and "/healthz" in paths
+    assert "AnalyzeRequest" in schema.json()["components"]["schemas"]

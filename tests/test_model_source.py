@@ -1,0 +1,49 @@
+"""Unit tests (no Ray) for model loading: the pinned base checksum, directories, adapters and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from serve_app import model_source
+from serve_app.model_source import ModelLoadError, load_classifier, packaged_base_dir
+
+
+def test_packaged_base_checksum_is_checked():
+    assert (packaged_base_dir() / "model.safetensors").is_file()
+    with pytest.raises(ModelLoadError, match="sha256"):
+        packaged_base_dir(expected_sha256="0" * 64)
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_classifier(str(tmp_path))
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError):
+        load_classifier(str(tmp_path / "nope"))
+
+
+def test_full_directory_keeps_label_names(tiny_model_dir):
+    loaded = load_classifier(str(tiny_model_dir))
+    assert loaded.labels == ("NEGATIVE", "POSITIVE")
+    assert len(loaded.weights_sha256) == 64
+
+
+def test_generic_label_names_fall_back_to_sentiment(tiny_model_dir, tmp_path):
+    copy = tmp_path / "generic"
+    shutil.copytree(tiny_model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}
+    config["label2id"] = {"LABEL_0": 0, "LABEL_1": 1}
+    (copy / "config.json").write_text(json.dumps(config))
+    assert load_classifier(str(copy)).labels == ("NEGATIVE", "POSITIVE")
+
+
+def test_default_slot_missing_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(model_source, "DEFAULT_ADAPTER_DIR", tmp_path)
+    with pytest.raises(ModelLoadError, match="embedded default"):
+        load_classifier("default")

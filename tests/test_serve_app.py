@@ -1,0 +1,115 @@
+"""Real Ray Serve tests: the deployment graph on a tiny random BERT, through real HTTP on loopback."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.serve
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_url(tiny_model_dir):
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app(
+        {"model": str(tiny_model_dir), "backend": "cpu", "limits": {"max_texts_per_request": 8, "max_text_chars": 500}}
+    )
+    serve.run(app, name="sentiment", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def analyze(url, body, **kw):
+    return httpx.post(f"{url}/analyze", json=body, timeout=60, **kw)
+
+
+def test_single_text(serve_url):
+    response = analyze(serve_url, {"text": "I love using this product!"})
+    assert response.status_code == 200, response.text
+    [prediction] = response.json()
+    assert prediction["label"] in ("POSITIVE", "NEGATIVE") and 0.5 <= prediction["score"] <= 1
+
+
+def test_list_in_order_equals_single_calls(serve_url):
+    texts = ["great film", "awful , boring and far too long", "ok", "a joy from start to finish"]
+    batched = analyze(serve_url, {"text": texts}).json()
+    singles = [analyze(serve_url, {"text": t}).json()[0] for t in texts]
+    assert [p["label"] for p in batched] == [p["label"] for p in singles]
+    assert [p["score"] for p in batched] == pytest.approx([p["score"] for p in singles], abs=1e-4)
+
+
+def test_concurrent_requests_are_batched_correctly(serve_url):
+    texts = [f"review number {i} : {'good' if i % 2 else 'bad'} {'!' * (i % 7)}" for i in range(48)]
+    expected = analyze(serve_url, {"text": texts[:8]}).json() + analyze(serve_url, {"text": texts[8:16]}).json()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda t: analyze(serve_url, {"text": t}), texts))
+    assert all(r.status_code == 200 for r in results)
+    got = [r.json()[0] for r in results[:16]]
+    assert [p["label"] for p in got] == [p["label"] for p in expected]
+    assert [p["score"] for p in got] == pytest.approx([p["score"] for p in expected], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,status",
+    [
+        ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 422),
+        ({"json": {}}, 422),
+        ({"json": {"text": None}}, 422),
+        ({"json": {"text": 3}}, 422),
+        ({"json": {"text": " "}}, 422),
+        ({"json": {"text": []}}, 422),
+        ({"json": {"text": ["a"] * 9}}, 413),
+        ({"json": {"text": "x" * 501}}, 413),
+    ],
+)
+def test_bad_input_is_4xx_json_and_service_stays_up(serve_url, kwargs, status):
+    response = httpx.post(f"{serve_url}/analyze", timeout=30, **kwargs)
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+    assert analyze(serve_url, {"text": "still here"}).status_code == 200
+
+
+def test_wrong_method_is_405(serve_url):
+    response = httpx.get(f"{serve_url}/analyze", timeout=30)
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_healthz_and_docs(serve_url):
+    health = httpx.get(f"{serve_url}/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["backend"] == "cpu"
+    assert health["labels"] == ["NEGATIVE", "POSITIVE"]
+    assert httpx.get(f"{serve_url}/docs", timeout=30).status_code == 200
+
+
+def test_user_config_reaches_reconfigure(serve_url, tiny_model_dir):
+    """Redeploying with a new user_config changes the batch settings in place; requests keep working."""
+    from ray import serve
+
+    from serve_app.config import AppConfig
+    from serve_app.deployments import Ingress, SentimentModel
+
+    settings = AppConfig(
+        model=str(tiny_model_dir), limits={"max_texts_per_request": 8, "max_text_chars": 500}
+    ).model_dump()
+    model = SentimentModel.options(user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.01})
+    serve.run(Ingress.bind(model.bind(settings, None), settings), name="sentiment", route_prefix="/")
+    handle = serve.get_deployment_handle("SentimentModel", app_name="sentiment")
+    assert handle.batch_settings.remote().result().max_batch_size == 4
+    assert analyze(serve_url, {"text": ["good", "bad"]}).status_code == 200

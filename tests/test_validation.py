@@ -1,0 +1,65 @@
+"""Unit tests (no Ray) for config parsing and request validation."""
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.api import validate_texts
+from serve_app.config import AppConfig, BatchSettings, LimitSettings, parse_app_args
+from serve_app.errors import InvalidInput, TooLarge
+from serve_app.schemas import AnalyzeRequest
+
+LIMITS = LimitSettings(max_texts_per_request=3, max_text_chars=20)
+
+
+def test_single_and_list_texts():
+    assert validate_texts(AnalyzeRequest(text="good"), LIMITS) == ["good"]
+    assert validate_texts(AnalyzeRequest(text=["a", "b"]), LIMITS) == ["a", "b"]
+
+
+@pytest.mark.parametrize("body", [{}, {"text": None}, {"text": 5}, {"text": ["ok", 3]}, {"text": {"a": 1}}, {"txt": "x"}])
+def test_schema_rejects_bad_shapes(body):
+    with pytest.raises(ValidationError):
+        AnalyzeRequest.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    "text,error",
+    [("", InvalidInput), ("   \n", InvalidInput), ([], InvalidInput), (["ok", " "], InvalidInput),
+     (["a"] * 4, TooLarge), ("x" * 21, TooLarge), (["ok", "y" * 21], TooLarge)],
+)
+def test_limits(text, error):
+    with pytest.raises(error):
+        validate_texts(AnalyzeRequest(text=text), LIMITS)
+
+
+def test_limit_messages_name_the_problem():
+    with pytest.raises(TooLarge, match=r"text\[1\]' has 21 characters; the limit is 20"):
+        validate_texts(AnalyzeRequest(text=["ok", "y" * 21]), LIMITS)
+
+
+def test_app_config_rejects_unknown_keys():
+    with pytest.raises(ValidationError, match="bakend"):
+        parse_app_args({"bakend": "cpu"})
+    with pytest.raises(ValidationError):
+        parse_app_args({"limits": {"max_text_char": 5}})
+    with pytest.raises(ValidationError):
+        parse_app_args({"backend": "tpu"})
+
+
+def test_app_config_defaults_match_issue():
+    config = parse_app_args({})
+    assert config.model == "default" and config.backend == "cpu"
+    assert config.limits.max_texts_per_request == 256 and config.limits.max_text_chars == 10_000
+
+
+def test_batch_settings_validated():
+    assert BatchSettings.model_validate({"max_batch_size": 8}).max_batch_size == 8
+    with pytest.raises(ValidationError):
+        BatchSettings.model_validate({"max_batch_size": 0})
+    with pytest.raises(ValidationError):
+        BatchSettings.model_validate({"batch_size": 8})
+
+
+def test_quantize_only_on_cpu():
+    with pytest.raises(ValidationError):
+        AppConfig(backend="jit", quantize="int8")
