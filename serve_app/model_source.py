@@ -88,14 +88,20 @@ def _with_labels(model, labels: tuple[str, ...]) -> None:
     model.config.label2id = {label: i for i, label in enumerate(labels)}
 
 
-def load_adapter_model(adapter_dir: Path, base_source: str = PACKAGED_BASE_SOURCE):
-    """Load base + LoRA adapter from `adapter_dir` and merge it once, so inference pays nothing for it."""
+def load_adapter_model(adapter_dir: Path):
+    """Load base + LoRA adapter from `adapter_dir` and merge it once, so inference pays nothing for it.
+
+    The base is the one the adapter names (`labels.json` "base_model", else adapter_config.json's
+    `base_model_name_or_path`); the packaged MiniLM is checked against its pinned sha256.
+    """
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     meta_path = adapter_dir / "labels.json"
-    labels = tuple(json.loads(meta_path.read_text())["labels"]) if meta_path.exists() else DEFAULT_LABELS
-    base = resolve_base(base_source)
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    labels = tuple(meta.get("labels", DEFAULT_LABELS))
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = resolve_base(meta.get("base_model") or adapter_config.get("base_model_name_or_path") or PACKAGED_BASE_SOURCE)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(labels))
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     _with_labels(model, labels)

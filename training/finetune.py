@@ -86,8 +86,11 @@ def run(config: TrainConfig) -> dict:
         raise RuntimeError(f"run {config.run_name} produced no checkpoint (error: {result.error})")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     exported = export_checkpoint(config, best, config.resolved_export_dir())
+    last = result.metrics or {}
     summary = {
         "run_name": config.run_name,
+        "last_step": last.get("step"),
+        "resumed_from_step": last.get("resumed_from_step", 0),
         "best_checkpoint": best.path,
         "eval_accuracy": best_metrics.get("eval_accuracy"),
         "step": best_metrics.get("step"),

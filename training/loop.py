@@ -149,6 +149,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 epoch=done / steps_per_epoch,
                 train_loss=window_loss / max(window_steps, 1),
                 texts_per_s=rate * config.batch_size * world,
+                resumed_from_step=start_step,
             )
             window_loss, window_steps = 0.0, 0
             with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,116 @@
+"""Real Ray Train runs (2 DDP workers on the CPU) on a tiny BERT and a few hundred SST-2 rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from training.config import TrainConfig, load_config
+from training.finetune import main as finetune_main
+from training.finetune import run
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_config(tmp_path, tiny_model_dir, sst2_dir, **overrides) -> TrainConfig:
+    tree = {
+        "base_model": str(tiny_model_dir),
+        "data": {"source": str(sst2_dir), "max_train_rows": 256, "max_eval_rows": 64},
+        "num_workers": 2,
+        "batch_size": 16,
+        "epochs": 1,
+        "eval_every_steps": 3,
+        "learning_rate": 1e-3,
+        "storage_path": str(tmp_path / "runs"),
+        "run_name": "tiny",
+        "log_every_steps": 2,
+    }
+    tree.update(overrides)
+    return TrainConfig.model_validate(tree)
+
+
+def test_two_worker_run_exports_a_model_the_service_loads(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
+    from serve_app.backends import create_backend
+    from serve_app.classifier import Classifier
+    from serve_app.config import AppConfig
+    from serve_app.model_source import load_classifier
+
+    summary = run(tiny_config(tmp_path, tiny_model_dir, sst2_dir))
+    assert summary["step"] in (3, 6, 8) and 0.0 <= summary["eval_accuracy"] <= 1.0
+    for kind in ("model", "adapter"):
+        loaded = load_classifier(summary["exported"][kind])
+        assert loaded.labels == ("NEGATIVE", "POSITIVE")
+        classifier = Classifier(loaded.tokenizer, create_backend(AppConfig(), loaded), loaded.labels)
+        predictions, _ = classifier.classify(["a fine film", "dull"])
+        assert len(predictions) == 2
+
+
+def test_exported_label_mapping(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
+    summary = run(tiny_config(tmp_path, tiny_model_dir, sst2_dir, max_steps=3, run_name="labels"))
+    config = json.loads((tmp_path / "runs/labels/export/model/config.json").read_text())
+    assert config["id2label"] == {"0": "NEGATIVE", "1": "POSITIVE"}
+    assert config["label2id"] == {"NEGATIVE": 0, "POSITIVE": 1}
+    adapter = tmp_path / "runs/labels/export/adapter"
+    assert json.loads((adapter / "labels.json").read_text())["labels"] == ["NEGATIVE", "POSITIVE"]
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    assert summary["exported"]["model"].endswith("export/model")
+
+
+def test_injected_worker_failure_restores_from_checkpoint(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
+    """Rank 1 raises once at step 5, after the step-3 checkpoint: Ray Train restarts the workers,
+    they restore step 3 and the run finishes."""
+    config = tiny_config(
+        tmp_path, tiny_model_dir, sst2_dir, run_name="faulty", max_failures=1,
+        fault_injection={"fail_at_step": 5, "rank": 1, "marker_dir": str(tmp_path / "markers")},
+    )
+    summary = run(config)
+    assert (tmp_path / "markers/fault-at-step-5").exists()
+    assert summary["step"] in (3, 6, 8)
+    assert summary["resumed_from_step"] == 3
+
+
+def test_rerun_resumes_an_interrupted_run(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
+    """A run that dies (no retries left) is resumed by re-running the same command: it restarts at its
+    last checkpoint instead of step 0."""
+    from ray.train import TrainingFailedError
+
+    faulty = tiny_config(
+        tmp_path, tiny_model_dir, sst2_dir, run_name="resume", max_failures=0,
+        fault_injection={"fail_at_step": 7, "rank": 0, "marker_dir": str(tmp_path / "markers")},
+    )
+    with pytest.raises((TrainingFailedError, RuntimeError)):
+        run(faulty)
+    summary = run(faulty)  # same storage path and name; the marker makes the fault fire only once
+    assert summary["resumed_from_step"] == 6
+    assert summary["last_step"] == 8
+
+
+def test_config_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(ValidationError, match="learning_rat"):
+        TrainConfig.model_validate({"data": {"source": "x"}, "learning_rat": 1})
+    with pytest.raises(ValidationError, match="data"):
+        TrainConfig.model_validate({})
+    with pytest.raises(ValidationError):
+        load_config(None, ["data.source=x", "num_workers=0"])
+    with pytest.raises(ValueError, match="not key=value"):
+        load_config(None, ["epochs"])
+    assert finetune_main(["data.source=./does/not/exist"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert finetune_main(["data.source=x", "method=qlora"]) == 2
+    assert "method" in capsys.readouterr().err
+
+
+def test_default_config_is_valid():
+    config = load_config("training/configs/default.yaml")
+    assert config.base_model == "packaged:all-MiniLM-L6-v2" and config.method == "lora"
