@@ -1,0 +1,65 @@
+"""Precompile every shape bucket into a compile cache that replicas load instead of compiling.
+
+    python -m serve_app.compile --backend {jit,neuronx,neuron} --out DIR [--model default]
+        [--batch-sizes 1,4,8,16,32] [--seq-lens 16,32,64,128]
+
+Writes one artifact per bucket plus DIR/manifest.json, keyed by the weights' sha256, backend, compiler
+version and bucket. Point `compile_cache_dir` in serve_config.yaml (or the RayService) at DIR. Run it on
+the instance type that serves (neuronx artifacts are for inf2/trn1, neuron artifacts for inf1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from serve_app.backends import BackendError, create_backend
+from serve_app.config import AppConfig, BucketSettings
+from serve_app.model_source import DEFAULT_SOURCE, ModelLoadError, load_classifier
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = BucketSettings()
+    parser = argparse.ArgumentParser(prog="python -m serve_app.compile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", required=True, choices=["jit", "neuronx", "neuron"])
+    parser.add_argument("--out", required=True, help="compile cache directory")
+    parser.add_argument("--model", default=DEFAULT_SOURCE, help="model source (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=_int_list, default=defaults.batch_sizes)
+    parser.add_argument("--seq-lens", type=_int_list, default=defaults.seq_lens)
+    args = parser.parse_args(argv)
+    try:
+        config = AppConfig(
+            model=args.model,
+            backend=args.backend,
+            compile_cache_dir=args.out,
+            buckets=BucketSettings(batch_sizes=args.batch_sizes, seq_lens=args.seq_lens),
+        )
+        started = time.monotonic()
+        loaded = load_classifier(config.model)
+        backend = create_backend(config, loaded)
+    except (ModelLoadError, BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({
+        "backend": backend.name,
+        "buckets": len(backend.grid.all()),
+        "compiled": backend.stats.compiled,
+        "loaded_from_cache": backend.stats.loaded,
+        "weights_sha256": loaded.weights_sha256,
+        "out": args.out,
+        "seconds": round(time.monotonic() - started, 1),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The product as a user runs it: `serve run serve_config.yaml` with the embedded default model, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.serve, pytest.mark.default_model]
+PORT = int(os.environ.get("TEST_SERVE_PORT", "8000"))
+URL = f"http://127.0.0.1:{PORT}"
+
+
+@pytest.fixture(scope="module")
+def served():
+    """Start `serve run serve_config.yaml` exactly as the README says; wait for the first answer."""
+    serve_bin = Path(sys.executable).with_name("serve")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(REPO / ".pytest_serve_run.log", "w")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(serve_bin), "run", "serve_config.yaml"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = started + 240
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"serve run exited with {proc.returncode}; see .pytest_serve_run.log")
+            try:
+                if httpx.post(f"{URL}/analyze", json={"text": "ok"}, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("serve run did not answer within 240 s")
+        print(f"time from `serve run` to first answer: {time.monotonic() - started:.1f} s")
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_seed_request_is_positive(served):
+    response = httpx.post(f"{URL}/analyze", json={"text": "I love using this product!"}, timeout=30)
+    assert response.status_code == 200
+    [prediction] = response.json()
+    assert prediction["label"] == "POSITIVE" and prediction["score"] > 0.9
+
+
+def test_clearly_negative_and_list_order(served):
+    texts = ["This was a terrible waste of money, it broke after one day.", "Absolutely wonderful, I recommend it!"]
+    response = httpx.post(f"{URL}/analyze", json={"text": texts}, timeout=30)
+    assert [p["label"] for p in response.json()] == ["NEGATIVE", "POSITIVE"]
+
+
+def test_bad_input_while_serving(served):
+    for body in ({"text": ""}, {"text": None}, {"text": []}, {"text": ["x"] * 257}, {"text": "y" * 10_001}):
+        response = httpx.post(f"{URL}/analyze", json=body, timeout=30)
+        assert 400 <= response.status_code < 500 and response.json()["error"]["message"]
+    assert httpx.get(f"{URL}/healthz", timeout=30).json()["status"] == "ok"
+
+
+def test_sst2_dev_accuracy_through_http(served, sst2_dir):
+    """The default model scores >= 90% on SST-2 dev through the HTTP API."""
+    import csv
+
+    with open(sst2_dir / "dev.tsv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    correct = 0
+    for i in range(0, len(rows), 128):
+        chunk = rows[i : i + 128]
+        predictions = httpx.post(f"{URL}/analyze", json={"text": [r["sentence"].strip() for r in chunk]}, timeout=120).json()
+        correct += sum((p["label"] == "POSITIVE") == (r["label"] == "1") for p, r in zip(predictions, chunk))
+    accuracy = correct / len(rows)
+    print(f"SST-2 dev accuracy through HTTP: {accuracy:.4f} ({correct}/{len(rows)})")
+    assert accuracy >= 0.90
+
+
+def test_serve_config_args_are_valid():
+    from serve_app.config import parse_app_args
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    [app] = config["applications"]
+    assert app["import_path"] == "serve_app.app:build_app" and app["route_prefix"] == "/"
+    assert parse_app_args(app["args"]).model == "default"

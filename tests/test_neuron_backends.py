@@ -1,0 +1,182 @@
+"""Neuron code paths on the CPU, with an injected stand-in compiler.
+
+The stand-in modules below are registered as `torch_neuronx` / `torch_neuron` by the tests only (never
+shipped as a fallback). They implement the same `trace` call with torch.jit.trace. So these tests exercise
+our bucket planning, padding, compile cache, manifest, invalidation and core pinning on the real code path
+of the neuronx/neuron backends, but NOT the Neuron compiler (neuronx-cc / neuron-cc), its numerics (bf16
+auto-cast), the Neuron runtime, or NeuronCore placement on real inf1/inf2 hardware.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from serve_app.backends import BackendError, create_backend, resolve_backend_name
+from serve_app.backends.neuronx import pin_neuron_cores
+from serve_app.classifier import Classifier
+from serve_app.config import AppConfig
+from serve_app.model_source import load_classifier
+
+pytestmark = pytest.mark.neuron
+
+BUCKETS = {"batch_sizes": [1, 4, 8], "seq_lens": [16, 64]}
+TEXTS = ["good", "a long and winding review that goes on , and on , about nothing much at all", "bad !", "meh"] * 3
+
+
+class StandIn:
+    """A fake Neuron SDK module whose `trace` is torch.jit.trace; counts compilations."""
+
+    def __init__(self, name: str, keyword: str) -> None:
+        self.module = types.ModuleType(name)
+        self.module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        self.module.__version__ = "standin-1.0"
+        self.calls: list[tuple[int, ...]] = []
+
+        def trace(module, example=None, compiler_args=None, example_inputs=None):
+            inputs = tuple(example if example is not None else example_inputs)
+            self.calls.append(tuple(inputs[0].shape))
+            return torch.jit.trace(module, inputs, check_trace=False)
+
+        self.module.trace = trace
+
+
+@pytest.fixture
+def neuronx(monkeypatch):
+    stand_in = StandIn("torch_neuronx", "example")
+    monkeypatch.setitem(sys.modules, "torch_neuronx", stand_in.module)
+    monkeypatch.delenv("NEURON_RT_VISIBLE_CORES", raising=False)
+    return stand_in
+
+
+@pytest.fixture
+def neuron_inf1(monkeypatch):
+    stand_in = StandIn("torch_neuron", "example_inputs")
+    monkeypatch.setitem(sys.modules, "torch_neuron", stand_in.module)
+    return stand_in
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_classifier(str(tiny_model_dir))
+
+
+def build(loaded, backend, cache_dir, sha=None, **extra):
+    config = AppConfig(model="x", backend=backend, compile_cache_dir=str(cache_dir), buckets=BUCKETS, **extra)
+    if sha is not None:
+        loaded = type(loaded)(**{**loaded.__dict__, "weights_sha256": sha})
+    return create_backend(config, loaded)
+
+
+def test_one_artifact_per_bucket_and_manifest(neuronx, loaded, tmp_path):
+    """Does not prove: that neuronx-cc accepts these graphs or what its artifacts weigh."""
+    backend = build(loaded, "neuronx", tmp_path)
+    artifacts = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert len(artifacts) == 6 and all(a.startswith("neuronx-b") for a in artifacts)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["entries"]
+    assert len(manifest) == 6
+    entry = next(iter(manifest.values()))
+    assert entry["weights_sha256"] == loaded.weights_sha256 and entry["backend"] == "neuronx"
+    assert "standin-1.0" in entry["compiler_version"]
+    assert backend.stats.compiled == 6 and sorted(neuronx.calls) == sorted({(b, s) for b in (1, 4, 8) for s in (16, 64)})
+
+
+def test_cache_hits_skip_compilation(neuronx, loaded, tmp_path):
+    """Does not prove: that the Neuron runtime loads artifacts compiled on another instance."""
+    build(loaded, "neuronx", tmp_path)
+    neuronx.calls.clear()
+    again = build(loaded, "neuronx", tmp_path)
+    assert neuronx.calls == [] and again.stats.loaded == 6 and again.stats.compiled == 0
+
+
+def test_changed_model_hash_invalidates(neuronx, loaded, tmp_path):
+    """Does not prove: anything about the Neuron compiler; only our cache keys."""
+    build(loaded, "neuronx", tmp_path)
+    neuronx.calls.clear()
+    other = build(loaded, "neuronx", tmp_path, sha="f" * 64)
+    assert other.stats.compiled == 6 and len(neuronx.calls) == 6
+    assert len(json.loads((tmp_path / "manifest.json").read_text())["entries"]) == 12
+
+
+def test_corrupt_artifact_is_recompiled(neuronx, loaded, tmp_path):
+    """Does not prove: Neuron runtime behaviour on a truncated NEFF."""
+    build(loaded, "neuronx", tmp_path)
+    next(tmp_path.glob("*.pt")).write_bytes(b"garbage")
+    neuronx.calls.clear()
+    again = build(loaded, "neuronx", tmp_path)
+    assert again.stats.compiled == 1 and again.stats.loaded == 5
+
+
+def test_same_results_across_buckets_and_batch_compositions(neuronx, loaded, tmp_path):
+    """Padding never changes a result (within 1e-4). Does not prove: bf16 auto-cast numerics on Neuron."""
+    cpu = Classifier(loaded.tokenizer, create_backend(AppConfig(model="x", backend="cpu"), loaded), loaded.labels)
+    nx = Classifier(loaded.tokenizer, build(loaded, "neuronx", tmp_path), loaded.labels)
+    expected, _ = cpu.classify(TEXTS)
+    for size in (1, 2, 5, len(TEXTS)):
+        got = [p for i in range(0, len(TEXTS), size) for p in nx.classify(TEXTS[i : i + size])[0]]
+        for a, b in zip(expected, got):
+            assert a.label == b.label and a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_batch_is_split_at_bucket_edges(neuronx, loaded, tmp_path):
+    """9 texts with batch buckets up to 8 run as two forwards, each of a compiled shape.
+    Does not prove: Neuron latency per bucket."""
+    backend = build(loaded, "neuronx", tmp_path)
+    shapes = []
+    original = backend.forward
+    backend.forward = lambda ids, mask: shapes.append(tuple(ids.shape)) or original(ids, mask)
+    predictions, report = Classifier(loaded.tokenizer, backend, loaded.labels).classify(["fine film"] * 9)
+    assert len(predictions) == 9 and report.forwards == 2
+    assert sorted(shapes) == [(1, 16), (8, 16)]
+    with pytest.raises(BackendError):
+        original(*[torch.ones((3, 16), dtype=torch.long)] * 2)  # not a compiled shape
+
+
+def test_core_pinning(neuronx, loaded, tmp_path, monkeypatch):
+    """The replica uses exactly the NeuronCores Ray assigned. Does not prove: the runtime honours it."""
+    from serve_app.backends import neuronx as neuronx_module
+
+    assert pin_neuron_cores(["2", "3"]) == "2,3" and os.environ["NEURON_RT_VISIBLE_CORES"] == "2,3"
+    monkeypatch.setattr(neuronx_module, "ray_assigned_neuron_cores", lambda: ["5"])
+    build(loaded, "neuronx", tmp_path)
+    assert os.environ["NEURON_RT_VISIBLE_CORES"] == "5"
+
+
+def test_inf1_neuron_backend(neuron_inf1, loaded, tmp_path):
+    """torch-neuron (inf1) path: artifacts per bucket, results equal to cpu.
+    Does not prove: neuron-cc (frozen at torch 1.13) accepts this transformers version's graph."""
+    backend = build(loaded, "neuron", tmp_path)
+    assert backend.name == "neuron" and len(list(tmp_path.glob("neuron-b*.pt"))) == 6
+    cpu = Classifier(loaded.tokenizer, create_backend(AppConfig(model="x", backend="cpu"), loaded), loaded.labels)
+    got, _ = Classifier(loaded.tokenizer, backend, loaded.labels).classify(TEXTS)
+    expected, _ = cpu.classify(TEXTS)
+    assert [p.label for p in got] == [p.label for p in expected]
+
+
+def test_auto_picks_neuronx_when_present(neuronx):
+    """Does not prove: detection on a real Neuron image; only our selection order."""
+    assert resolve_backend_name("auto") == "neuronx"
+
+
+def test_missing_sdk_is_a_clear_error(loaded, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_neuronx", None)  # import fails
+    with pytest.raises(BackendError, match="AWS Neuron index"):
+        build(loaded, "neuronx", tmp_path)
+
+
+def test_compile_cli_writes_one_artifact_per_bucket(tiny_model_dir, tmp_path, capsys):
+    from serve_app.compile import main
+
+    assert main(["--backend", "jit", "--out", str(tmp_path), "--model", str(tiny_model_dir),
+                 "--batch-sizes", "1,4", "--seq-lens", "16,32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["compiled"] == 4 and len(list(tmp_path.glob("jit-b*.pt"))) == 4
+    assert main(["--backend", "jit", "--out", str(tmp_path), "--model", str(tiny_model_dir),
+                 "--batch-sizes", "1,4", "--seq-lens", "16,32"]) == 0
+    assert json.loads(capsys.readouterr().out)["loaded_from_cache"] == 4
