@@ -40,6 +40,9 @@ class LoadedModel:
     weights_sha256: str  # identifies the weights for compile caches
     source: str
 
+    def _replace_source(self, source: str) -> "LoadedModel":
+        return LoadedModel(self.model, self.tokenizer, self.labels, self.weights_sha256, source)
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -110,11 +113,27 @@ def load_adapter_model(adapter_dir: Path):
     return model, tokenizer, labels
 
 
+def fetch_remote_dir(uri: str, cache_root: str | None = None) -> Path:
+    """Copy an `s3://bucket/prefix` model directory to local disk once (credentials: IRSA / Pod Identity)."""
+    import pyarrow.fs
+
+    cache = Path(cache_root or os.environ.get("MODEL_CACHE_DIR", "/tmp/model-cache"))
+    local = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if not (local / ".complete").exists():
+        local.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(uri, str(local))
+        (local / ".complete").write_text(uri + "\n")
+    return local
+
+
 def load_classifier(source: str = DEFAULT_SOURCE) -> LoadedModel:
-    """Load a sequence classifier from `default`, a local HF directory (full or adapter) or a hub id."""
+    """Load a sequence classifier from `default`, a local HF directory (full or adapter), `s3://...`
+    (a directory that `training.finetune` exported) or a hub id."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
+        if source.startswith("s3://"):
+            return load_classifier(str(fetch_remote_dir(source)))._replace_source(source)
         if source == DEFAULT_SOURCE:
             if not (DEFAULT_ADAPTER_DIR / "adapter_model.safetensors").is_file():
                 raise ModelLoadError(f"the embedded default model is missing from {DEFAULT_ADAPTER_DIR}")

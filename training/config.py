@@ -16,8 +16,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     source: str = Field(
         description="A local directory holding <train_split>.{tsv,csv,parquet} and <eval_split>.*, "
-        "or a Hugging Face dataset id (e.g. 'glue/sst2'; needs a network).",
+        "or a Hugging Face dataset id (e.g. 'nyu-mll/glue' with hub_config 'sst2'; needs a network).",
     )
+    hub_config: Optional[str] = Field(None, description="Dataset config name for hub datasets (e.g. 'sst2').")
     train_split: str = Field("train", description="Name of the training split (file stem or dataset split).")
     eval_split: str = Field("dev", description="Name of the evaluation split ('validation' for hub datasets).")
     text_column: str = Field("sentence", description="Column holding the text.")

@@ -55,13 +55,13 @@ def _rows_from_file(path: Path, text_column: str, label_column: str) -> list[Exa
     return examples
 
 
-def _rows_from_hub(dataset_id: str, split: str, text_column: str, label_column: str) -> list[Example]:
+def _rows_from_hub(config: DataConfig, split: str) -> list[Example]:
     try:
         import datasets
     except ImportError as exc:
-        raise DataError(f"{dataset_id!r} is not a local path, and reading hub datasets needs `pip install datasets`") from exc
-    name, _, config = dataset_id.partition("/") if dataset_id.count("/") == 1 and dataset_id.startswith("glue/") else (dataset_id, "", "")
-    loaded = datasets.load_dataset(name, config or None, split=split)
+        raise DataError(f"{config.source!r} is not a local path, and reading hub datasets needs `pip install datasets`") from exc
+    loaded = datasets.load_dataset(config.source, config.hub_config, split=split)
+    text_column, label_column = config.text_column, config.label_column
     return [Example(text=str(r[text_column]).strip(), label=int(r[label_column])) for r in loaded]
 
 
@@ -74,7 +74,7 @@ def load_split(config: DataConfig, split: str, limit: int | None = None) -> list
     elif config.source.startswith((".", "/", "~")):
         raise DataError(f"data source {config.source!r} does not exist")
     else:
-        rows = _rows_from_hub(config.source, split, config.text_column, config.label_column)
+        rows = _rows_from_hub(config, split)
     if not rows:
         raise DataError(f"split {split!r} of {config.source!r} is empty")
     return rows[:limit] if limit else rows
