@@ -27,6 +27,10 @@ class ModelClient(Protocol):
     async def info(self) -> ModelInfo: ...
 
 
+class RequestObserver(Protocol):
+    def record(self, status: int, code: str | None, texts: int | None) -> None: ...
+
+
 def validate_texts(request: AnalyzeRequest, limits: LimitSettings) -> list[str]:
     """Enforce the limits pydantic's schema cannot express; raise a ServiceError naming the problem."""
     texts = request.texts()
@@ -43,7 +47,7 @@ def validate_texts(request: AnalyzeRequest, limits: LimitSettings) -> list[str]:
     return texts
 
 
-def create_api(client: ModelClient, config: AppConfig) -> FastAPI:
+def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver | None = None) -> FastAPI:
     limits = config.limits
     api = FastAPI(
         title="Sentiment analysis",
@@ -59,6 +63,11 @@ def create_api(client: ModelClient, config: AppConfig) -> FastAPI:
         started = time.perf_counter()
         response = await call_next(request)
         response.headers["X-Request-Id"] = request.state.request_id
+        if observer is not None and request.url.path == "/analyze":
+            try:
+                observer.record(response.status_code, response.headers.get("X-Error-Code"), getattr(request.state, "texts", None))
+            except Exception:  # metrics must never fail a request
+                request_logger.warning("recording request metrics failed", exc_info=True)
         if config.log_requests:
             request_logger.info(
                 "request_id=%s method=%s path=%s status=%d texts=%s latency_ms=%.1f",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from typing import Callable, Optional
 
 from ray import serve
@@ -13,6 +15,7 @@ from serve_app.api import create_api
 from serve_app.classifier import Classifier
 from serve_app.config import AppConfig, BatchSettings
 from serve_app.errors import BackendFailure, Overloaded
+from serve_app.metrics import IngressMetrics, ModelMetrics
 from serve_app.schemas import ModelInfo, Prediction
 
 logger = logging.getLogger("ray.serve")
@@ -26,6 +29,9 @@ DEFAULT_BATCH = BatchSettings()
     # Must be >= max_batch_size (user_config) or batches can never fill; 2x lets the next batch form
     # while one runs.
     max_ongoing_requests=2 * DEFAULT_BATCH.max_batch_size,
+    # Past this many calls waiting at each caller, the handle raises BackPressureError: the ingress
+    # answers 503 + Retry-After instead of queueing without bound.
+    max_queued_requests=128,
     ray_actor_options={"num_cpus": 1},
     health_check_period_s=10,
     health_check_timeout_s=30,
@@ -46,8 +52,9 @@ class SentimentModel:
         backend.warm_up()
         self.classifier = Classifier(loaded.tokenizer, backend, labels, self.config.buckets.max_waste)
         self.info_value = ModelInfo(
-            source=loaded.source, backend=backend.name, labels=labels, buckets=len(backend.grid.all())
+            source=loaded.source, backend=backend.name, labels=labels, buckets=len(backend.grid.all()), pid=os.getpid()
         )
+        self.metrics = ModelMetrics()
         logger.info("SentimentModel ready: %s", self.info_value)
 
     def reconfigure(self, user_config: dict) -> None:
@@ -57,18 +64,23 @@ class SentimentModel:
         self.classify_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
-    async def classify_batch(self, requests: list[list[str]]) -> list[list[Prediction]]:
-        flat = [text for texts in requests for text in texts]
+    async def classify_batch(self, requests: list[tuple[float, list[str]]]) -> list[list[Prediction]]:
+        started = time.monotonic()
+        flat = [text for _, texts in requests for text in texts]
         # Off the event loop, so requests keep arriving (and the next batch forms) during the forward.
-        predictions, _report = await asyncio.to_thread(self.classifier.classify, flat)
+        predictions, report = await asyncio.to_thread(self.classifier.classify, flat)
+        try:
+            self.metrics.record(report, [started - arrived for arrived, _ in requests])
+        except Exception:  # metrics must never fail a request
+            logger.warning("recording batch metrics failed", exc_info=True)
         results, start = [], 0
-        for texts in requests:
+        for _, texts in requests:
             results.append(predictions[start : start + len(texts)])
             start += len(texts)
         return results
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
-        return await self.classify_batch(texts)
+        return await self.classify_batch((time.monotonic(), texts))
 
     def batch_settings(self) -> BatchSettings:
         return getattr(self, "batch", DEFAULT_BATCH)
@@ -82,23 +94,37 @@ class SentimentModel:
 
 
 class HandleClient:
-    """ModelClient over a DeploymentHandle: maps Ray's failures to the service's error taxonomy."""
+    """ModelClient over a DeploymentHandle: maps Ray's failures to the service's error taxonomy.
+
+    Inference is idempotent, so a call whose replica died (SIGKILL, lost node) is sent again; Serve
+    routes it to a live or replacement replica. The ingress's request timeout bounds the retries.
+    """
+
+    RETRIES = 20
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
     async def _call(self, method: str, *args):
+        from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError
 
-        try:
-            return await getattr(self.handle, method).remote(*args)
-        except BackPressureError:
-            raise Overloaded("the service is at capacity; retry shortly") from None
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # logged with its text; the client sees a fixed message
-            logger.error("model call %s failed: %r", method, exc)
-            raise BackendFailure("model call failed") from exc
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return await getattr(self.handle, method).remote(*args)
+            except BackPressureError:
+                raise Overloaded("the service is at capacity; retry shortly") from None
+            except (RayActorError, ActorUnavailableError) as exc:
+                if attempt == self.RETRIES:
+                    logger.error("model call %s failed after %d retries: %r", method, attempt, exc)
+                    raise BackendFailure("model replica unavailable") from exc
+                logger.warning("model replica lost during %s (%s); retrying", method, type(exc).__name__)
+                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # logged with its text; the client sees a fixed message
+                logger.error("model call %s failed: %r", method, exc)
+                raise BackendFailure("model call failed") from exc
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
         return await self._call("classify", texts)
@@ -107,7 +133,14 @@ class HandleClient:
         return await self._call("info")
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=256,
+    # Requests beyond this many waiting at the proxy get 503 + Retry-After from Serve itself.
+    max_queued_requests=256,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},
+    ray_actor_options={"num_cpus": 0},
+)
 @serve.ingress()
 class Ingress:
     def __init__(self, model: DeploymentHandle, config: dict) -> None:
@@ -115,4 +148,4 @@ class Ingress:
         self.config = AppConfig.model_validate(config)
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.client, self.config)
+        return create_api(self.client, self.config, IngressMetrics())

@@ -58,7 +58,7 @@ def error_response(status: int, code: str, message: str, request_id: str | None 
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
     if details:
         body["error"]["details"] = details
-    response = JSONResponse(status_code=status, content=body, headers=headers)
+    response = JSONResponse(status_code=status, content=body, headers={**(headers or {}), "X-Error-Code": code})
     if request_id:
         response.headers["X-Request-Id"] = request_id
     return response

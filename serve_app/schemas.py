@@ -54,3 +54,4 @@ class ModelInfo:
     backend: str
     labels: tuple[str, ...]
     buckets: int
+    pid: int = 0  # the replica's process (for operators and failure tests)

@@ -17,6 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def metrics_url() -> str:
+    return f"http://127.0.0.1:{METRICS_PORT}/metrics"
+
+
 @pytest.fixture(scope="module")
 def serve_url(tiny_model_dir):
     import ray
@@ -25,7 +33,7 @@ def serve_url(tiny_model_dir):
     from serve_app.app import build_app
 
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(
         {"model": str(tiny_model_dir), "backend": "cpu", "limits": {"max_texts_per_request": 8, "max_text_chars": 500}}
@@ -113,3 +121,105 @@ def test_user_config_reaches_reconfigure(serve_url, tiny_model_dir):
     handle = serve.get_deployment_handle("SentimentModel", app_name="sentiment")
     assert handle.batch_settings.remote().result().max_batch_size == 4
     assert analyze(serve_url, {"text": ["good", "bad"]}).status_code == 200
+
+
+def slow_backend_factory(delay_s: float):
+    """A real cpu backend whose forward also sleeps: makes a tiny model slow enough to overload."""
+
+    def factory(config, loaded):
+        import time as _time
+
+        from serve_app.backends import create_backend
+
+        backend = create_backend(config, loaded)
+        inner = backend.forward
+
+        def forward(input_ids, attention_mask):
+            _time.sleep(delay_s)
+            return inner(input_ids, attention_mask)
+
+        backend.forward = forward
+        return backend
+
+    return factory
+
+
+def test_overload_gets_fast_503s_then_recovers(serve_url, tiny_model_dir):
+    """Far more concurrent clients than capacity: only 200s and 503s (with Retry-After), then normal service."""
+    from ray import serve
+
+    from serve_app.config import AppConfig
+    from serve_app.deployments import Ingress, SentimentModel
+
+    settings = AppConfig(model=str(tiny_model_dir)).model_dump()
+    model = SentimentModel.options(
+        max_ongoing_requests=2, max_queued_requests=2, user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0}
+    ).bind(settings, slow_backend_factory(0.2))
+    serve.run(Ingress.bind(model, settings), name="overload", route_prefix="/overload")
+    url = f"{serve_url}/overload/analyze"
+    with concurrent.futures.ThreadPoolExecutor(48) as pool:
+        responses = list(pool.map(lambda i: httpx.post(url, json={"text": f"text {i}"}, timeout=60), range(96)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 2 and codes.count(503) >= 10
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers.get("retry-after") and rejected.json()["error"]["code"] == "overloaded"
+    assert httpx.post(url, json={"text": "after the storm"}, timeout=60).status_code == 200
+    serve.delete("overload")
+
+
+def test_replica_sigkill_under_load_loses_no_request(serve_url):
+    """SIGKILL the model replica while clients send requests: they see latency, not errors."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray import serve
+
+    handle = serve.get_deployment_handle("SentimentModel", app_name="sentiment")
+    pid = handle.info.remote().result().pid
+    stop = threading.Event()
+
+    def client(n):
+        codes = []
+        while not stop.is_set():
+            codes.append(analyze(serve_url, {"text": [f"steady load {n}", "second text"]}).status_code)
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client, n) for n in range(4)]
+        time.sleep(2)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if handle.info.remote().result(timeout_s=5).pid != pid:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        time.sleep(2)
+        stop.set()
+        codes = [c for f in futures for c in f.result()]
+    assert handle.info.remote().result().pid != pid, "Serve did not replace the killed replica"
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def test_metrics_on_rays_endpoint(serve_url, metrics_url):
+    """Our metrics appear on Ray's Prometheus endpoint next to ray_serve_* after traffic."""
+    import time
+
+    for _ in range(3):
+        analyze(serve_url, {"text": ["metrics please", "and again"]})
+    wanted = ["ray_sentiment_requests_total", "ray_sentiment_batch_texts", "ray_sentiment_padded_tokens",
+              "ray_sentiment_bucket_hits", "ray_sentiment_queue_wait_seconds", "ray_serve_"]
+    deadline = time.monotonic() + 90
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(metrics_url, timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(3)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
