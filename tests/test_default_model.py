@@ -36,6 +36,8 @@ def served():
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"serve run exited with {proc.returncode}; see .pytest_serve_run.log")
+            if "Deploying app 'sentiment' failed" in (REPO / ".pytest_serve_run.log").read_text(errors="replace"):
+                pytest.fail("the application failed to deploy; see .pytest_serve_run.log")
             try:
                 if httpx.post(f"{URL}/analyze", json={"text": "ok"}, timeout=5).status_code == 200:
                     break

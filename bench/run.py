@@ -1,0 +1,168 @@
+"""Benchmark this service against the seed article's Flask app on the same weights, in one run.
+
+    make bench        (or: .venv/bin/python -m bench.run [--seconds 10] [--levels 1,8,32,128])
+
+Starts both servers on loopback (the seed app on :5000, `serve run serve_config.yaml` on :8000), loads
+them alternately with the same HTTP load generator and body at each connection count, then measures the
+in-process ceiling (the model's own batched forward, no HTTP). Prints a table and writes
+bench/results/results.json and bench/results/throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.loadgen import run_load
+
+REPO = Path(__file__).resolve().parents[1]
+BODY = {"text": "I love using this product!"}
+
+
+def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout_s: float = 300) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[0]} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.post(url, json=BODY, timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop(proc)
+    raise SystemExit(f"{' '.join(cmd)} did not answer within {timeout_s} s; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def in_process_ceiling(model_dir: Path, seconds: float = 3.0) -> dict:
+    """Sentences/s of the model's own batched forward (tokenize + bucket + forward), no serving."""
+    from serve_app.backends import create_backend
+    from serve_app.classifier import Classifier
+    from serve_app.config import AppConfig
+    from serve_app.model_source import load_classifier
+
+    loaded = load_classifier(str(model_dir))
+    classifier = Classifier(loaded.tokenizer, create_backend(AppConfig(backend="cpu"), loaded), loaded.labels)
+    by_batch = {}
+    for batch in (1, 8, 16, 32, 64, 128):
+        texts = [BODY["text"]] * batch
+        classifier.classify(texts)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            classifier.classify(texts)
+            done += batch
+        by_batch[batch] = done / (time.perf_counter() - started)
+    best = max(by_batch, key=by_batch.get)
+    return {"best_batch": best, "sentences_per_s": by_batch[best], "by_batch": by_batch}
+
+
+def plot(rows: list[dict], ceiling: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, style in (("seed", "o--"), ("serve", "s-")):
+        pts = [r for r in rows if r["server"] == name]
+        label = "seed Flask app" if name == "seed" else "this service (Ray Serve)"
+        left.plot([p["connections"] for p in pts], [p["rps"] for p in pts], style, label=label)
+        right.plot([p["connections"] for p in pts], [p["p99_ms"] for p in pts], style, label=label)
+    left.axhline(ceiling, color="grey", linestyle=":", label="in-process ceiling")
+    for axis, title in ((left, "throughput (req/s)"), (right, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent connections")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    right.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per level and server")
+    parser.add_argument("--levels", default="1,8,32,128", help="connection counts")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--config", default="serve_config.yaml", help="serve config to benchmark")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_dir = args.out / "model"
+    if not (model_dir / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
+
+    print("starting the seed app and the service ...", flush=True)
+    seed = start([sys.executable, "bench/seed_app.py", str(model_dir), "5000"], "http://127.0.0.1:5000/analyze",
+                 args.out / "seed.log", {"HF_HUB_OFFLINE": "1"})
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    ours = start([serve_bin, "run", args.config], "http://127.0.0.1:8000/analyze", args.out / "serve.log",
+                 {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+    urls = {"seed": "http://127.0.0.1:5000/analyze", "serve": "http://127.0.0.1:8000/analyze"}
+    rows = []
+    try:
+        for name, url in urls.items():
+            run_load(url, BODY, 8, 3)  # warm-up
+        for connections in levels:
+            for name, url in urls.items():  # alternate the two at each level
+                result = run_load(url, BODY, connections, args.seconds).as_dict()
+                result["server"] = name
+                rows.append(result)
+                print(f"  {name:5s} c={connections:<4d} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.1f} ms  "
+                      f"p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}", flush=True)
+    finally:
+        stop(ours)
+        stop(seed)
+    ceiling = in_process_ceiling(model_dir)
+
+    def pick(name, c):
+        return next(r for r in rows if r["server"] == name and r["connections"] == c)
+
+    lines = ["| connections | seed req/s | serve req/s | ratio | seed p50 ms | serve p50 ms | seed p99 ms | serve p99 ms | errors (seed/serve) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in levels:
+        s, o = pick("seed", c), pick("serve", c)
+        lines.append(f"| {c} | {s['rps']:.1f} | {o['rps']:.1f} | {o['rps'] / s['rps']:.2f}x | {s['p50_ms']:.1f} | "
+                     f"{o['p50_ms']:.1f} | {s['p99_ms']:.1f} | {o['p99_ms']:.1f} | {s['errors']}/{o['errors']} |")
+    best_serve = max(r["rps"] for r in rows if r["server"] == "serve")
+    lines.append("")
+    lines.append(f"in-process ceiling: {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']}; "
+                 f"serving at saturation: {best_serve:.1f} req/s = {100 * best_serve / ceiling['sentences_per_s']:.0f}% of it")
+    table = "\n".join(lines)
+    print("\n" + table)
+    summary = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "rows": rows,
+        "ceiling": ceiling, "table_markdown": table, "load_tool": rows[0]["tool"] if rows else None,
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(rows, ceiling["sentences_per_s"], args.out / "throughput.png")
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
