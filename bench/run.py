@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,8,32,128", help="connection counts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--config", default="serve_config.yaml", help="serve config to benchmark")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for `serve run` (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=0 to compare)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
+    serve_env = dict(item.split("=", 1) for item in args.serve_env)
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = args.out / "model"
     if not (model_dir / "config.json").exists():
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                  args.out / "seed.log", {"HF_HUB_OFFLINE": "1"})
     serve_bin = str(Path(sys.executable).with_name("serve"))
     ours = start([serve_bin, "run", args.config], "http://127.0.0.1:8000/analyze", args.out / "serve.log",
-                 {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+                 {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", **serve_env})
     urls = {"seed": "http://127.0.0.1:5000/analyze", "serve": "http://127.0.0.1:8000/analyze"}
     rows = []
     try:
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     summary = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "rows": rows,
+        "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "serve_env": serve_env, "rows": rows,
         "ceiling": ceiling, "table_markdown": table, "load_tool": rows[0]["tool"] if rows else None,
     }
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -114,3 +114,32 @@ def test_config_errors_are_clear(tmp_path, capsys):
 def test_default_config_is_valid():
     config = load_config("training/configs/default.yaml")
     assert config.base_model == "packaged:all-MiniLM-L6-v2" and config.method == "lora"
+
+
+def test_top_layers_in_full_export_fp16_and_load(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
+    """full_top_layers=1: the top layer and pooler are trained in full, stored float16, and the service
+    loads the adapter with the same predictions as the merged full export."""
+    from safetensors import safe_open
+
+    from serve_app.model_source import load_classifier
+
+    summary = run(tiny_config(tmp_path, tiny_model_dir, sst2_dir, max_steps=3, run_name="top1",
+                              lora={"full_top_layers": 1}))
+    adapter = tmp_path / "runs/top1/export/adapter/adapter_model.safetensors"
+    with safe_open(str(adapter), "pt") as weights:
+        keys = list(weights.keys())
+        assert any("encoder.layer.1." in k and "lora_" not in k for k in keys)
+        assert any("encoder.layer.0." in k and "lora_" in k for k in keys)
+        assert {str(weights.get_tensor(k).dtype) for k in keys} == {"torch.float16"}
+    texts = ["a fine film", "dull and lifeless", "ok"]
+    from_adapter, from_model = (load_classifier(summary["exported"][k]) for k in ("adapter", "model"))
+    for loaded in (from_adapter, from_model):
+        assert loaded.labels == ("NEGATIVE", "POSITIVE")
+    import torch
+
+    def logits(loaded):
+        batch = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            return loaded.model(**batch).logits
+
+    assert torch.allclose(logits(from_adapter), logits(from_model), atol=1e-2)

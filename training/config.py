@@ -35,6 +35,11 @@ class LoraSettings(_Strict):
         default_factory=lambda: ["query", "key", "value", "dense"],
         description="Module name suffixes that get adapters ('dense' covers attention output, FFN and pooler).",
     )
+    full_top_layers: int = Field(
+        0, ge=0, description="Train the top N encoder layers and the pooler in full (adapters go below them)."
+    )
+    full_lr_scale: float = Field(0.2, gt=0, le=1, description="Learning-rate factor for the fully trained layers.")
+    store_fp16: bool = Field(True, description="Store the exported adapter's weights as float16 (half the size).")
 
 
 class FaultInjection(_Strict):

@@ -13,7 +13,7 @@ import torch
 
 from training.config import TrainConfig
 from training.data import Example, load_split
-from training.modeling import TRAIN_STATE_FILE, build_model, load_trainable_state, trainable_state
+from training.modeling import TRAIN_STATE_FILE, build_model, load_trainable_state, parameter_groups, trainable_state
 
 
 class InjectedFault(RuntimeError):
@@ -93,7 +93,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         raise ValueError(f"{len(train_rows)} training rows are fewer than one batch on each of {world} workers")
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
 
     start_step = 0

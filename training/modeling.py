@@ -27,18 +27,46 @@ def build_model(config: TrainConfig):
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        targets, saved = lora_targets(config, model.config.num_hidden_layers)
         model = get_peft_model(
             model,
             LoraConfig(
                 r=config.lora.rank,
                 lora_alpha=config.lora.alpha,
                 lora_dropout=config.lora.dropout,
-                target_modules=config.lora.target_modules,
-                modules_to_save=["classifier"],
+                target_modules=targets,
+                modules_to_save=saved,
                 task_type="SEQ_CLS",
             ),
         )
     return tokenizer, model
+
+
+def lora_targets(config: TrainConfig, num_layers: int) -> tuple[list[str] | str, list[str]]:
+    """(adapter targets, fully trained modules). With full_top_layers=k the top k encoder layers and the
+    pooler are trained in full, and adapters go on the layers below them."""
+    k = config.lora.full_top_layers
+    if k == 0:
+        return config.lora.target_modules, ["classifier"]
+    if k > num_layers:
+        raise ValueError(f"lora.full_top_layers={k} exceeds the model's {num_layers} layers")
+    lower = "|".join(str(i) for i in range(num_layers - k))
+    names = "|".join(config.lora.target_modules)
+    targets = rf".*encoder\.layer\.({lower})\..*({names})$" if lower else r"^$"
+    return targets, ["classifier", "pooler"] + [f"encoder.layer.{i}" for i in range(num_layers - k, num_layers)]
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """Adapters and the head at the full learning rate; fully trained encoder layers scaled down."""
+    base, scaled = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (scaled if ".encoder.layer." in name and "lora_" not in name else base).append(param)
+    groups = [{"params": base, "lr": config.learning_rate}]
+    if scaled:
+        groups.append({"params": scaled, "lr": config.learning_rate * config.lora.full_lr_scale})
+    return groups
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -65,6 +93,12 @@ def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[
         settings = json.loads(adapter_config.read_text())
         settings["base_model_name_or_path"] = config.base_model
         adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        if config.lora.store_fp16:
+            from safetensors.torch import load_file, save_file
+
+            weights = adapter_dir / "adapter_model.safetensors"
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+            save_file(tensors, str(weights), metadata={"format": "pt"})
         (adapter_dir / "labels.json").write_text(
             json.dumps({"labels": config.labels, "base_model": config.base_model}, indent=2) + "\n"
         )
