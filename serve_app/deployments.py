@@ -31,7 +31,7 @@ DEFAULT_BATCH = BatchSettings()
     max_ongoing_requests=2 * DEFAULT_BATCH.max_batch_size,
     # Past this many calls waiting at each caller, the handle raises BackPressureError: the ingress
     # answers 503 + Retry-After instead of queueing without bound.
-    max_queued_requests=128,
+    max_queued_requests=16,
     ray_actor_options={"num_cpus": 1},
     health_check_period_s=10,
     health_check_timeout_s=30,
