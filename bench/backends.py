@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve_app.backends import create_backend
-from serve_app.classifier import Classifier
+from serve_app.classifier import Classifier, build_classifier
 from serve_app.config import AppConfig
 from serve_app.model_source import load_classifier
 
@@ -62,10 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, config in variants.items():
         fresh = load_classifier(args.model) if name == "cpu-int8" else loaded  # int8 quantizes in place
         started = time.perf_counter()
-        backend = create_backend(config, fresh)
-        backend.warm_up()
+        classifier = build_classifier(config, fresh)
         ready_s = time.perf_counter() - started
-        classifier = Classifier(fresh.tokenizer, backend, fresh.labels, config.buckets.max_waste)
         run = evaluate(classifier, texts, args.batch)
         positive = [p.label == "POSITIVE" for p in run.pop("predictions")]
         run["accuracy"] = sum(p == bool(y) for p, y in zip(positive, labels)) / len(labels)

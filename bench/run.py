@@ -58,13 +58,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 def in_process_ceiling(model_dir: Path, seconds: float = 3.0) -> dict:
     """Sentences/s of the model's own batched forward (tokenize + bucket + forward), no serving."""
-    from serve_app.backends import create_backend
-    from serve_app.classifier import Classifier
+    from serve_app.classifier import build_classifier
     from serve_app.config import AppConfig
     from serve_app.model_source import load_classifier
 
-    loaded = load_classifier(str(model_dir))
-    classifier = Classifier(loaded.tokenizer, create_backend(AppConfig(backend="cpu"), loaded), loaded.labels)
+    classifier = build_classifier(AppConfig(backend="cpu"), load_classifier(str(model_dir)))
     by_batch = {}
     for batch in (1, 8, 16, 32, 64, 128):
         texts = [BODY["text"]] * batch

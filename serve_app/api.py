@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.config import AppConfig, LimitSettings
-from serve_app.errors import InvalidInput, NotReady, ServiceError, Timeout, TooLarge, install_error_handlers
+from serve_app.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
 from serve_app.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
 
 request_logger = logging.getLogger("serve_app.requests")
@@ -99,5 +99,3 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
 
     return api
 
-
-__all__ = ["ModelClient", "NotReady", "create_api", "validate_texts"]

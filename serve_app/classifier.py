@@ -28,6 +28,16 @@ class BatchReport:
     model_s: float
 
 
+def build_classifier(config, loaded, backend_factory=None) -> "Classifier":
+    """The one way to go from an AppConfig and a LoadedModel to a ready Classifier (backend warmed up)."""
+    from serve_app.backends import create_backend
+
+    backend = (backend_factory or create_backend)(config, loaded)
+    backend.warm_up()
+    labels = tuple(config.labels) if config.labels else loaded.labels
+    return Classifier(loaded.tokenizer, backend, labels, config.buckets.max_waste)
+
+
 class Classifier:
     def __init__(self, tokenizer, backend: Backend, labels: tuple[str, ...], max_waste: float = 0.5) -> None:
         self.tokenizer = tokenizer

@@ -12,7 +12,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import create_api
-from serve_app.classifier import Classifier
+from serve_app.classifier import build_classifier
 from serve_app.config import AppConfig, BatchSettings
 from serve_app.errors import BackendFailure, Overloaded
 from serve_app.metrics import IngressMetrics, ModelMetrics
@@ -40,19 +40,17 @@ class SentimentModel:
     def __init__(self, config: dict, backend_factory: Optional[BackendFactory] = None) -> None:
         import torch
 
-        from serve_app.backends import create_backend
         from serve_app.model_source import load_classifier
 
         self.config = AppConfig.model_validate(config)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         loaded = load_classifier(self.config.model)
-        labels = tuple(self.config.labels) if self.config.labels else loaded.labels
-        backend = (backend_factory or create_backend)(self.config, loaded)
-        backend.warm_up()
-        self.classifier = Classifier(loaded.tokenizer, backend, labels, self.config.buckets.max_waste)
+        self.classifier = build_classifier(self.config, loaded, backend_factory)
+        backend = self.classifier.backend
         self.info_value = ModelInfo(
-            source=loaded.source, backend=backend.name, labels=labels, buckets=len(backend.grid.all()), pid=os.getpid()
+            source=loaded.source, backend=backend.name, labels=self.classifier.labels,
+            buckets=len(backend.grid.all()), pid=os.getpid(),
         )
         self.metrics = ModelMetrics()
         logger.info("SentimentModel ready: %s", self.info_value)
