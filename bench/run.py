@@ -1,8 +1,9 @@
 """Benchmark this service against the seed article's Flask app on the same weights, in one run.
 
-    make bench        (or: .venv/bin/python -m bench.run [--seconds 10] [--levels 1,8,32,128])
+    make bench        (or: .venv/bin/python -m bench.run [--seconds 10] [--levels 1,8,32,128] [--plain])
 
-Starts both servers on loopback (the seed app on :5000, `serve run serve_config.yaml` on :8000), loads
+Starts both servers on loopback (the seed app on :5000, this service as `make serve` runs it on :8000:
+`serve run serve_config.yaml` in Ray's high-throughput mode; --plain drops that mode), loads
 them alternately with the same HTTP load generator and body at each connection count, then measures the
 in-process ceiling (the model's own batched forward, no HTTP). Prints a table and writes
 bench/results/results.json and bench/results/throughput.png.
@@ -26,6 +27,8 @@ from bench.loadgen import run_load
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"text": "I love using this product!"}
+#: Same as the Makefile's SERVE_ENV (`make serve`): Ray's high-throughput mode with the HAProxy ingress.
+FAST_SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout_s: float = 300) -> subprocess.Popen:
@@ -107,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--config", default="serve_config.yaml", help="serve config to benchmark")
     parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for `serve run` (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=0 to compare)")
+                        help="extra environment for `serve run` (overrides the defaults)")
+    parser.add_argument("--plain", action="store_true",
+                        help="plain `serve run serve_config.yaml` (Ray's Python proxy) instead of `make serve`'s "
+                             "high-throughput mode")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    serve_env = dict(item.split("=", 1) for item in args.serve_env)
+    serve_env = {**({} if args.plain else FAST_SERVE_ENV), **dict(item.split("=", 1) for item in args.serve_env)}
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = args.out / "model"
     if not (model_dir / "config.json").exists():

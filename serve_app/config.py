@@ -54,7 +54,37 @@ class BatchSettings(_Strict):
 
     max_batch_size: int = Field(32, ge=1, description="Most requests @serve.batch gathers into one batch.")
     batch_wait_timeout_s: float = Field(
-        0.002, ge=0.0, le=1.0, description="How long a batch waits to fill once its first request arrived."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="How long a batch waits to fill once its first request arrived. 0: take what is queued "
+        "(requests queue while the previous batch runs, and the ingress already merges concurrent requests).",
+    )
+
+
+class CoalesceSettings(_Strict):
+    """How the ingress merges concurrent requests into one model call (the Ingress `user_config`).
+
+    A call through a DeploymentHandle costs a few ms of CPU whatever it carries; merging the texts of
+    requests that arrive together pays it once per batch. A lone request is sent at once (no wait); under
+    load, requests gather while `calls_in_flight` calls are running, so batches grow with load and no
+    timer is needed.
+    """
+
+    max_texts: int = Field(
+        64, ge=1, description="Most texts merged into one call to the model deployment (a larger request goes alone)."
+    )
+    max_queued: int = Field(
+        512,
+        ge=1,
+        description="Requests waiting for a call slot, at most; beyond it, 503 + Retry-After at once (bounded latency).",
+    )
+    calls_in_flight: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Merged calls running at once per ingress replica. 1 suits one model replica (requests "
+        "gather while it works); raise it to about model replicas / ingress replicas when scaled out.",
     )
 
 

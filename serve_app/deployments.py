@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from ray import serve
@@ -13,7 +14,8 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import create_api
 from serve_app.classifier import build_classifier
-from serve_app.config import AppConfig, BatchSettings
+from serve_app.coalesce import Coalescer, QueueFull
+from serve_app.config import AppConfig, BatchSettings, CoalesceSettings
 from serve_app.errors import BackendFailure, Overloaded
 from serve_app.metrics import IngressMetrics, ModelMetrics
 from serve_app.schemas import ModelInfo, Prediction
@@ -22,6 +24,9 @@ logger = logging.getLogger("ray.serve")
 
 BackendFactory = Callable  # (AppConfig, LoadedModel) -> Backend
 DEFAULT_BATCH = BatchSettings()
+DEFAULT_COALESCE = CoalesceSettings()
+#: Batches with fewer texts run on one intra-op thread (measured: docs/benchmark.md).
+PARALLEL_MIN_TEXTS = 8
 
 
 @serve.deployment(
@@ -45,6 +50,12 @@ class SentimentModel:
         self.config = AppConfig.model_validate(config)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
+        # Forwards run on one dedicated thread. torch's intra-op thread count is per OS thread under
+        # OpenMP (a new thread starts from OMP_NUM_THREADS, which Ray sets to num_cpus), so it is set there,
+        # per batch: small batches run on one thread (intra-op parallelism costs more than it saves on
+        # a few texts, and leaves the other cores to the HTTP side), large ones on all of them.
+        self._threads = torch.get_num_threads()
+        self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         loaded = load_classifier(self.config.model)
         self.classifier = build_classifier(self.config, loaded, backend_factory)
         backend = self.classifier.backend
@@ -66,7 +77,9 @@ class SentimentModel:
         started = time.monotonic()
         flat = [text for _, texts in requests for text in texts]
         # Off the event loop, so requests keep arriving (and the next batch forms) during the forward.
-        predictions, report = await asyncio.to_thread(self.classifier.classify, flat)
+        predictions, report = await asyncio.get_running_loop().run_in_executor(
+            self._forward_thread, self._classify_on_thread, flat
+        )
         try:
             self.metrics.record(report, [started - arrived for arrived, _ in requests])
         except Exception:  # metrics must never fail a request
@@ -76,6 +89,12 @@ class SentimentModel:
             results.append(predictions[start : start + len(texts)])
             start += len(texts)
         return results
+
+    def _classify_on_thread(self, texts: list[str]):
+        import torch
+
+        torch.set_num_threads(self._threads if len(texts) >= PARALLEL_MIN_TEXTS else 1)
+        return self.classifier.classify(texts)
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
         return await self.classify_batch((time.monotonic(), texts))
@@ -89,6 +108,8 @@ class SentimentModel:
     def check_health(self) -> None:
         """A tiny real forward: a wedged backend or a lost NeuronCore fails it, and Serve restarts the replica."""
         self.classifier.classify(["ok"])
+
+
 
 
 class HandleClient:
@@ -131,6 +152,49 @@ class HandleClient:
         return await self._call("info")
 
 
+class CoalescingClient:
+    """ModelClient that merges the texts of concurrent requests into one model call.
+
+    Each DeploymentHandle call costs the ingress, the router and the model replica a few ms of CPU
+    whatever it carries, and a forward of one text costs the model far more per text than a forward of
+    32; paid per HTTP request, both cap throughput far below the model's. While `calls_in_flight` calls
+    run, new requests queue; the next call carries all of them (serve_app/coalesce.py). Answers are
+    split back in order; a failed call fails every request in it with the same ServiceError.
+    """
+
+    def __init__(self, inner: HandleClient, settings: CoalesceSettings = DEFAULT_COALESCE) -> None:
+        self.inner = inner
+        self.settings = settings
+        self._coalescer = self._make_coalescer(settings)
+
+    def _make_coalescer(self, settings: CoalesceSettings) -> Coalescer:
+        return Coalescer(
+            self._classify_merged, settings.max_texts, settings.calls_in_flight, size_of=len, max_queued=settings.max_queued
+        )
+
+    def apply(self, settings: CoalesceSettings) -> None:
+        if settings != self.settings:  # calls already queued finish in the old coalescer
+            self._coalescer = self._make_coalescer(settings)
+            self.settings = settings
+
+    async def _classify_merged(self, chunks: list[list[str]]) -> list[list[Prediction]]:
+        predictions = await self.inner.classify([text for texts in chunks for text in texts])
+        results, start = [], 0
+        for texts in chunks:
+            results.append(predictions[start : start + len(texts)])
+            start += len(texts)
+        return results
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        try:
+            return await self._coalescer.submit(texts)
+        except QueueFull:
+            raise Overloaded("the service is at capacity; retry shortly") from None
+
+    async def info(self) -> ModelInfo:
+        return await self.inner.info()
+
+
 @serve.deployment(
     name="Ingress",
     max_ongoing_requests=256,
@@ -142,8 +206,11 @@ class HandleClient:
 @serve.ingress()
 class Ingress:
     def __init__(self, model: DeploymentHandle, config: dict) -> None:
-        self.client = HandleClient(model)
+        self.client = CoalescingClient(HandleClient(model))
         self.config = AppConfig.model_validate(config)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.client.apply(CoalesceSettings.model_validate(user_config or {}))
 
     def __serve_build_asgi_app__(self):
         return create_api(self.client, self.config, IngressMetrics())

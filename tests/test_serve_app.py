@@ -155,7 +155,9 @@ def test_overload_gets_fast_503s_then_recovers(serve_url, tiny_model_dir):
     model = SentimentModel.options(
         max_ongoing_requests=2, max_queued_requests=2, user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0}
     ).bind(settings, slow_backend_factory(0.2))
-    serve.run(Ingress.bind(model, settings), name="overload", route_prefix="/overload")
+    # The ingress sheds load once 4 requests wait for the (single) model call slot.
+    ingress = Ingress.options(user_config={"max_texts": 2, "max_queued": 4, "calls_in_flight": 1})
+    serve.run(ingress.bind(model, settings), name="overload", route_prefix="/overload")
     url = f"{serve_url}/overload/analyze"
     with concurrent.futures.ThreadPoolExecutor(48) as pool:
         responses = list(pool.map(lambda i: httpx.post(url, json={"text": f"text {i}"}, timeout=60), range(96)))

@@ -1,0 +1,104 @@
+"""Merge concurrent requests into one call, forming each batch only when a call slot is free.
+
+`@serve.batch` forms a batch as soon as its wait timeout ends and only then waits for a free slot
+(`max_concurrent_batches`), so under load it sends many small batches one after another. Here a batch
+is taken when a slot frees up and holds everything queued by then: a lone request goes out at once,
+and under load the batch grows to whatever arrived while the previous call ran, with no timer.
+Pure asyncio (no Ray), so it is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class QueueFull(Exception):
+    """More items are waiting than `max_queued`: the caller should shed load (503), not wait."""
+
+
+class Coalescer(Generic[Item, Result]):
+    def __init__(
+        self,
+        handler: Callable[[list[Item]], Awaitable[Sequence[Result]]],
+        max_size: int,
+        slots: int = 1,
+        size_of: Callable[[Item], int] = lambda item: 1,
+        max_queued: int | None = None,
+    ) -> None:
+        if max_size < 1 or slots < 1 or (max_queued is not None and max_queued < 1):
+            raise ValueError("max_size, slots and max_queued must be >= 1")
+        self.handler = handler
+        self.max_size = max_size
+        self.max_queued = max_queued
+        self.size_of = size_of
+        self._slots = asyncio.Semaphore(slots)
+        self._queue: deque[tuple[Item, asyncio.Future]] = deque()
+        self._arrived = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    async def submit(self, item: Item) -> Result:
+        """Queue one item; resolves with its result (or the batch's exception). Raises QueueFull at once
+        when `max_queued` items are already waiting."""
+        if self.max_queued is not None and len(self._queue) >= self.max_queued:
+            raise QueueFull(f"{len(self._queue)} requests already waiting")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._arrived.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._form_batches())
+        return await future
+
+    def _take_batch(self) -> list[tuple[Item, asyncio.Future]]:
+        batch: list[tuple[Item, asyncio.Future]] = []
+        size = 0
+        while self._queue:
+            item, future = self._queue[0]
+            if future.cancelled():  # its caller gave up (timeout, disconnect): drop it
+                self._queue.popleft()
+                continue
+            item_size = self.size_of(item)
+            if batch and size + item_size > self.max_size:
+                break
+            self._queue.popleft()
+            batch.append((item, future))
+            size += item_size
+        return batch
+
+    async def _form_batches(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch: list[tuple[Item, asyncio.Future]] = []
+            while not batch:
+                batch = self._take_batch()
+                if not batch:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        try:
+            results = await self.handler([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"handler returned {len(results)} results for {len(batch)} items")
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # every caller in the batch gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._slots.release()

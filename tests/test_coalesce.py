@@ -1,0 +1,195 @@
+"""The ingress's request coalescing (serve_app/coalesce.py and CoalescingClient), without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.coalesce import Coalescer
+from serve_app.config import CoalesceSettings
+from serve_app.deployments import CoalescingClient
+from serve_app.schemas import ModelInfo, Prediction
+
+
+class SlowHandler:
+    """Records each batch it gets; each call takes `delay_s` (the model working)."""
+
+    def __init__(self, delay_s: float = 0.05, fail: bool = False) -> None:
+        self.delay_s, self.fail = delay_s, fail
+        self.batches: list[list] = []
+        self.running = self.most_running = 0
+
+    async def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.fail:
+                raise RuntimeError("model replica lost")
+            return [f"r{item}" for item in items]
+        finally:
+            self.running -= 1
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_lone_request_is_sent_at_once():
+    async def main():
+        handler = SlowHandler(delay_s=0.0)
+        coalescer = Coalescer(handler, max_size=64)
+        started = asyncio.get_running_loop().time()
+        assert await coalescer.submit(1) == "r1"
+        return asyncio.get_running_loop().time() - started, handler.batches
+
+    elapsed, batches = run(main())
+    assert batches == [[1]]
+    assert elapsed < 0.05  # no batching timer
+
+
+def test_requests_arriving_while_a_call_runs_form_the_next_batch():
+    async def main():
+        handler = SlowHandler(delay_s=0.05)
+        coalescer = Coalescer(handler, max_size=64, slots=1)
+        first = asyncio.create_task(coalescer.submit(0))
+        await asyncio.sleep(0.01)  # the first call is now running
+        rest = [asyncio.create_task(coalescer.submit(i)) for i in range(1, 11)]
+        results = await asyncio.gather(first, *rest)
+        return results, handler
+
+    results, handler = run(main())
+    assert results == [f"r{i}" for i in range(11)]  # each caller gets its own answer, in order
+    assert handler.batches == [[0], list(range(1, 11))]
+    assert handler.most_running == 1
+
+
+def test_batches_respect_max_size_by_item_size():
+    async def main():
+        handler = SlowHandler(delay_s=0.02)
+        coalescer = Coalescer(handler, max_size=5, size_of=len)
+        blocker = asyncio.create_task(coalescer.submit(["x"]))
+        await asyncio.sleep(0.005)
+        items = [["a", "b"], ["c", "d"], ["e", "f"], ["g"] * 9]  # the last is larger than max_size
+        results = await asyncio.gather(*(coalescer.submit(item) for item in items))
+        await blocker
+        return results, handler.batches
+
+    results, batches = run(main())
+    assert len(results) == 4
+    assert batches[1:] == [[["a", "b"], ["c", "d"]], [["e", "f"]], [["g"] * 9]]  # an oversize item goes alone
+
+
+def test_slots_bound_concurrent_calls():
+    async def main():
+        handler = SlowHandler(delay_s=0.03)
+        coalescer = Coalescer(handler, max_size=1, slots=3)
+        await asyncio.gather(*(coalescer.submit(i) for i in range(9)))
+        return handler
+
+    handler = run(main())
+    assert handler.most_running == 3
+    assert len(handler.batches) == 9
+
+
+def test_a_failed_call_fails_every_request_in_it_and_the_next_batch_still_runs():
+    async def main():
+        handler = SlowHandler(delay_s=0.02, fail=True)
+        coalescer = Coalescer(handler, max_size=64)
+        blocker = asyncio.create_task(coalescer.submit(0))
+        await asyncio.sleep(0.005)
+        batch = [asyncio.create_task(coalescer.submit(i)) for i in (1, 2, 3)]
+        outcomes = await asyncio.gather(blocker, *batch, return_exceptions=True)
+        handler.fail = False
+        after = await coalescer.submit(4)
+        return outcomes, after
+
+    outcomes, after = run(main())
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert after == "r4"
+
+
+def test_a_cancelled_caller_is_left_out_of_the_batch():
+    async def main():
+        handler = SlowHandler(delay_s=0.03)
+        coalescer = Coalescer(handler, max_size=64)
+        blocker = asyncio.create_task(coalescer.submit(0))
+        await asyncio.sleep(0.005)
+        gone = asyncio.create_task(coalescer.submit(1))
+        kept = asyncio.create_task(coalescer.submit(2))
+        await asyncio.sleep(0.005)
+        gone.cancel()  # e.g. the ingress's request timeout fired
+        await asyncio.gather(blocker, kept)
+        return handler.batches
+
+    assert run(main()) == [[0], [2]]
+
+
+def test_a_full_queue_refuses_at_once():
+    from serve_app.coalesce import QueueFull
+
+    async def main():
+        coalescer = Coalescer(SlowHandler(delay_s=0.05), max_size=1, max_queued=2)
+        running = asyncio.create_task(coalescer.submit(0))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(coalescer.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await coalescer.submit(3)
+        return await asyncio.gather(running, *waiting)
+
+    assert run(main()) == ["r0", "r1", "r2"]
+
+
+def test_handler_returning_the_wrong_count_is_an_error_not_a_hang():
+    async def short(items):
+        return items[:-1]
+
+    async def main():
+        coalescer = Coalescer(short, max_size=8)
+        return await asyncio.wait_for(coalescer.submit(1), timeout=2)
+
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        run(main())
+
+
+class FakeModel:
+    """Stands in for HandleClient: labels each text by its length, records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        self.calls.append(list(texts))
+        await asyncio.sleep(0.02)
+        return [Prediction(label="POSITIVE" if len(t) % 2 else "NEGATIVE", score=len(t) / 100) for t in texts]
+
+    async def info(self) -> ModelInfo:
+        return ModelInfo(source="fake", backend="cpu", labels=("NEGATIVE", "POSITIVE"), buckets=1, pid=0)
+
+
+def test_coalescing_client_merges_texts_and_splits_answers_per_request():
+    async def main():
+        model = FakeModel()
+        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        first = asyncio.create_task(client.classify(["a"]))
+        await asyncio.sleep(0.005)
+        requests = [["bb", "ccc"], ["dddd"], ["e" * 5, "f" * 6, "g" * 7]]
+        answers = await asyncio.gather(*(client.classify(texts) for texts in requests))
+        await first
+        return model.calls, answers, requests
+
+    calls, answers, requests = run(main())
+    assert calls == [["a"], ["bb", "ccc", "dddd", "eeeee", "ffffff", "ggggggg"]]
+    for texts, answer in zip(requests, answers):
+        assert [p.score for p in answer] == [len(t) / 100 for t in texts]
+
+
+def test_coalescing_client_applies_new_settings():
+    client = CoalescingClient(FakeModel())
+    client.apply(CoalesceSettings(max_texts=8, calls_in_flight=2))
+    assert client.settings.max_texts == 8
+    with pytest.raises(ValueError):
+        CoalesceSettings(calls_in_flight=0)
