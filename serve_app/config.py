@@ -75,7 +75,7 @@ class CoalesceSettings(_Strict):
         64, ge=1, description="Most texts merged into one call to the model deployment (a larger request goes alone)."
     )
     max_queued: int = Field(
-        512,
+        128,
         ge=1,
         description="Requests waiting for a call slot, at most; beyond it, 503 + Retry-After at once (bounded latency).",
     )
