@@ -17,6 +17,20 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+def merge(groups: Sequence[Sequence[Item]]) -> list[Item]:
+    """One flat list of every group's items, in order (the inverse of `split_like`)."""
+    return [item for group in groups for item in group]
+
+
+def split_like(flat: Sequence[Result], groups: Sequence[Sequence[object]]) -> list[list[Result]]:
+    """Cut `flat` back into lists as long as `groups`, in order."""
+    results, start = [], 0
+    for group in groups:
+        results.append(list(flat[start : start + len(group)]))
+        start += len(group)
+    return results
+
+
 class QueueFull(Exception):
     """More items are waiting than `max_queued`: the caller should shed load (503), not wait."""
 

@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import create_api
 from serve_app.classifier import build_classifier
-from serve_app.coalesce import Coalescer, QueueFull
+from serve_app.coalesce import Coalescer, QueueFull, merge, split_like
 from serve_app.config import AppConfig, BatchSettings, CoalesceSettings
 from serve_app.errors import BackendFailure, Overloaded
 from serve_app.metrics import IngressMetrics, ModelMetrics
@@ -55,6 +55,8 @@ class SentimentModel:
         # per batch: small batches run on one thread (intra-op parallelism costs more than it saves on
         # a few texts, and leaves the other cores to the HTTP side), large ones on all of them.
         self._threads = torch.get_num_threads()
+        self._set_threads = torch.set_num_threads
+        self._forward_threads_now = 0  # unknown until the forward thread's first batch
         self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         loaded = load_classifier(self.config.model)
         self.classifier = build_classifier(self.config, loaded, backend_factory)
@@ -75,7 +77,8 @@ class SentimentModel:
     @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
     async def classify_batch(self, requests: list[tuple[float, list[str]]]) -> list[list[Prediction]]:
         started = time.monotonic()
-        flat = [text for _, texts in requests for text in texts]
+        groups = [texts for _, texts in requests]
+        flat = merge(groups)
         # Off the event loop, so requests keep arriving (and the next batch forms) during the forward.
         predictions, report = await asyncio.get_running_loop().run_in_executor(
             self._forward_thread, self._classify_on_thread, flat
@@ -84,16 +87,13 @@ class SentimentModel:
             self.metrics.record(report, [started - arrived for arrived, _ in requests])
         except Exception:  # metrics must never fail a request
             logger.warning("recording batch metrics failed", exc_info=True)
-        results, start = [], 0
-        for _, texts in requests:
-            results.append(predictions[start : start + len(texts)])
-            start += len(texts)
-        return results
+        return split_like(predictions, groups)
 
     def _classify_on_thread(self, texts: list[str]):
-        import torch
-
-        torch.set_num_threads(self._threads if len(texts) >= PARALLEL_MIN_TEXTS else 1)
+        threads = self._threads if len(texts) >= PARALLEL_MIN_TEXTS else 1
+        if threads != self._forward_threads_now:  # only ever touched from the one forward thread
+            self._set_threads(threads)
+            self._forward_threads_now = threads
         return self.classifier.classify(texts)
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
@@ -108,8 +108,6 @@ class SentimentModel:
     def check_health(self) -> None:
         """A tiny real forward: a wedged backend or a lost NeuronCore fails it, and Serve restarts the replica."""
         self.classifier.classify(["ok"])
-
-
 
 
 class HandleClient:
@@ -178,12 +176,7 @@ class CoalescingClient:
             self.settings = settings
 
     async def _classify_merged(self, chunks: list[list[str]]) -> list[list[Prediction]]:
-        predictions = await self.inner.classify([text for texts in chunks for text in texts])
-        results, start = [], 0
-        for texts in chunks:
-            results.append(predictions[start : start + len(texts)])
-            start += len(texts)
-        return results
+        return split_like(await self.inner.classify(merge(chunks)), chunks)
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
         try:
