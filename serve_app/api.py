@@ -48,6 +48,23 @@ def validate_texts(request: AnalyzeRequest, limits: LimitSettings) -> list[str]:
     return texts
 
 
+async def classify_all(client: ModelClient, texts: list[str]) -> list[Prediction]:
+    """One model call per TEXTS_PER_CALL texts (run concurrently), answers in order."""
+    if len(texts) <= TEXTS_PER_CALL:
+        return await client.classify(texts)
+    chunks = [texts[i : i + TEXTS_PER_CALL] for i in range(0, len(texts), TEXTS_PER_CALL)]
+    results = await asyncio.gather(*(client.classify(chunk) for chunk in chunks))
+    return [prediction for chunk in results for prediction in chunk]
+
+
+async def _with_timeout(awaitable, seconds: float):
+    """asyncio.timeout where it exists (3.11+: no extra task per request), else wait_for (3.10, inf1 image)."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 class RequestContext:
     """Request id, metrics and the optional access log, as a pure ASGI middleware.
 
@@ -112,14 +129,10 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
     async def analyze(body: AnalyzeRequest, request: Request) -> list[Prediction]:
         texts = validate_texts(body, limits)
         request.state.texts = len(texts)
-        chunks = [texts[i : i + TEXTS_PER_CALL] for i in range(0, len(texts), TEXTS_PER_CALL)]
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(client.classify(chunk) for chunk in chunks)), timeout=limits.request_timeout_s
-            )
+            return await _with_timeout(classify_all(client, texts), limits.request_timeout_s)
         except asyncio.TimeoutError:
             raise Timeout(f"the model did not answer within {limits.request_timeout_s:g} s") from None
-        return [prediction for chunk in results for prediction in chunk]
 
     @api.get("/healthz", response_model=HealthStatus, responses={503: {"model": HealthStatus}}, summary="Readiness")
     async def healthz():

@@ -98,6 +98,7 @@ class Coalescer(Generic[Item, Result]):
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        released = False
         try:
             results = await self.handler([item for item, _ in batch])
             if len(results) != len(batch):
@@ -111,8 +112,15 @@ class Coalescer(Generic[Item, Result]):
                 if not future.done():
                     future.set_exception(exc)
         else:
+            # Send the next batch before answering this one: answering wakes every caller (each then
+            # writes its HTTP response), and the model would sit idle behind all of them. Releasing the
+            # slot and yielding once lets `_form_batches` take the queue and start the next call first.
+            self._slots.release()
+            released = True
+            await asyncio.sleep(0)
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
         finally:
-            self._slots.release()
+            if not released:
+                self._slots.release()

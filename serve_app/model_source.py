@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve_app.pooling import POOLING_CHOICES, add_mean_pooling_layer
+
 logger = logging.getLogger(__name__)
 
 #: The model source that means "the fine-tuned default shipped in this repository".
@@ -94,7 +96,8 @@ def _with_labels(model, labels: tuple[str, ...]) -> None:
 def load_adapter_model(adapter_dir: Path):
     """Load base + LoRA adapter from `adapter_dir` and merge it once, so inference pays nothing for it.
 
-    The base is the one the adapter names (`labels.json` "base_model", else adapter_config.json's
+    `labels.json` "pooling": "mean" appends the mean-pooling layer (serve_app/pooling.py) before the
+    adapter is applied. The base is the one the adapter names (`labels.json` "base_model", else adapter_config.json's
     `base_model_name_or_path`); the packaged MiniLM is checked against its pinned sha256.
     """
     from peft import PeftModel
@@ -106,6 +109,11 @@ def load_adapter_model(adapter_dir: Path):
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = resolve_base(meta.get("base_model") or adapter_config.get("base_model_name_or_path") or PACKAGED_BASE_SOURCE)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(labels))
+    pooling = meta.get("pooling", "cls")
+    if pooling == "mean":
+        add_mean_pooling_layer(model)
+    elif pooling != "cls":
+        raise ModelLoadError(f"{meta_path}: unknown pooling {pooling!r} (expected one of {POOLING_CHOICES})")
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     _with_labels(model, labels)
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer.json").exists() else Path(base)

@@ -193,3 +193,33 @@ def test_coalescing_client_applies_new_settings():
     assert client.settings.max_texts == 8
     with pytest.raises(ValueError):
         CoalesceSettings(calls_in_flight=0)
+
+
+def test_the_next_call_starts_before_the_finished_callers_resume():
+    """Answering a batch wakes every caller; the next model call must not wait behind them."""
+
+    async def main():
+        events: list[str] = []
+        release_first = asyncio.Event()
+
+        async def handler(items):
+            events.append(f"call {items}")
+            if items == [0]:
+                await release_first.wait()
+            return items
+
+        async def caller(item):
+            await coalescer.submit(item)
+            events.append(f"answered {item}")
+
+        coalescer = Coalescer(handler, max_size=64, slots=1)
+        first = asyncio.create_task(caller(0))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(caller(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        release_first.set()
+        await asyncio.gather(first, *rest)
+        return events
+
+    events = run(main())
+    assert events.index("call [1, 2]") < events.index("answered 0"), events

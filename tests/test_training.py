@@ -143,3 +143,31 @@ def test_top_layers_in_full_export_fp16_and_load(ray_cluster, tmp_path, tiny_mod
             return loaded.model(**batch).logits
 
     assert torch.allclose(logits(from_adapter), logits(from_model), atol=1e-2)
+
+
+def test_mean_pooling_exports_agree_and_the_pooling_layer_is_not_stored(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
+    """pooling=mean: the adapter holds no tensor of the appended pooling layer (it is rebuilt at load),
+    labels.json says how to rebuild it, and adapter and merged exports give the same logits."""
+    import torch
+    from safetensors import safe_open
+
+    from serve_app.model_source import load_classifier
+
+    summary = run(tiny_config(tmp_path, tiny_model_dir, sst2_dir, max_steps=3, run_name="mean", pooling="mean"))
+    adapter_dir = tmp_path / "runs/mean/export/adapter"
+    assert json.loads((adapter_dir / "labels.json").read_text())["pooling"] == "mean"
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert any("encoder.layer.1." in k and "lora_" in k for k in keys)
+    assert not any("encoder.layer.2." in k for k in keys)
+    assert any("pooler" in k and "lora_" not in k for k in keys)
+    from_adapter, from_model = (load_classifier(summary["exported"][k]) for k in ("adapter", "model"))
+    assert from_model.model.config.num_hidden_layers == 3 == from_adapter.model.config.num_hidden_layers
+    texts = ["a fine film", "dull and lifeless", "ok"]
+
+    def logits(loaded):
+        batch = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            return loaded.model(**batch).logits
+
+    assert torch.allclose(logits(from_adapter), logits(from_model), atol=1e-2)

@@ -61,6 +61,12 @@ class TrainConfig(_Strict):
         "lora", description="'lora': train adapters + classifier (small export); 'full': train every weight."
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description="'cls': BERT's [CLS] token through its pooler; 'mean': the mean of the token states "
+        "(what all-MiniLM-L6-v2 was trained for), built as one extra plain BERT layer (serve_app/pooling.py) "
+        "so the export stays a standard BertForSequenceClassification.",
+    )
     labels: list[str] = Field(default_factory=lambda: ["NEGATIVE", "POSITIVE"], description="Label names by class id.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker; also its torch threads.")

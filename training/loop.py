@@ -129,7 +129,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        window_loss += float(loss)
+        window_loss += float(loss.detach())
         window_steps += 1
         done = step + 1
         elapsed = time.monotonic() - started

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from serve_app.model_source import resolve_base
+from serve_app.pooling import add_mean_pooling_layer
 from training.config import TrainConfig
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -24,10 +25,13 @@ def build_model(config: TrainConfig):
         id2label=dict(enumerate(config.labels)),
         label2id={label: i for i, label in enumerate(config.labels)},
     )
+    base_layers = model.config.num_hidden_layers
+    if config.pooling == "mean":
+        add_mean_pooling_layer(model)  # frozen: a fixed function, rebuilt at load, never in the adapter
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        targets, saved = lora_targets(config, model.config.num_hidden_layers)
+        targets, saved = lora_targets(config, base_layers)
         model = get_peft_model(
             model,
             LoraConfig(
@@ -43,15 +47,20 @@ def build_model(config: TrainConfig):
 
 
 def lora_targets(config: TrainConfig, num_layers: int) -> tuple[list[str] | str, list[str]]:
-    """(adapter targets, fully trained modules). With full_top_layers=k the top k encoder layers and the
-    pooler are trained in full, and adapters go on the layers below them."""
+    """(adapter targets, fully trained modules) for a base encoder of `num_layers` layers. With
+    full_top_layers=k the top k encoder layers and the pooler are trained in full, and adapters go on the
+    layers below them. With mean pooling the pooler (which never saw mean-pooled input) is trained in full
+    and the pooling layer gets no adapter."""
     k = config.lora.full_top_layers
+    names = "|".join(config.lora.target_modules)
+    if k == 0 and config.pooling == "mean":
+        every = "|".join(str(i) for i in range(num_layers))
+        return rf".*encoder\.layer\.({every})\..*({names})$", ["classifier", "pooler"]
     if k == 0:
         return config.lora.target_modules, ["classifier"]
     if k > num_layers:
         raise ValueError(f"lora.full_top_layers={k} exceeds the model's {num_layers} layers")
     lower = "|".join(str(i) for i in range(num_layers - k))
-    names = "|".join(config.lora.target_modules)
     targets = rf".*encoder\.layer\.({lower})\..*({names})$" if lower else r"^$"
     return targets, ["classifier", "pooler"] + [f"encoder.layer.{i}" for i in range(num_layers - k, num_layers)]
 
@@ -100,7 +109,10 @@ def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
             save_file(tensors, str(weights), metadata={"format": "pt"})
         (adapter_dir / "labels.json").write_text(
-            json.dumps({"labels": config.labels, "base_model": config.base_model}, indent=2) + "\n"
+            json.dumps(
+                {"labels": config.labels, "base_model": config.base_model, "pooling": config.pooling}, indent=2
+            )
+            + "\n"
         )
         written["adapter"] = adapter_dir
         model = model.merge_and_unload()

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from serve_app.backends.base import BackendError, LogitsOnly, example_inputs
+from serve_app.backends.base import BackendError, example_inputs, logits_module
 from serve_app.buckets import Bucket, BucketGrid
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class CompiledBackend:
         self.stats = CompileStats()
         self._modules: dict[Bucket, torch.nn.Module] = {}
         cache = CompileCache(cache_dir) if cache_dir else None
-        wrapped = LogitsOnly(model.eval()).eval()
+        wrapped = logits_module(model.eval())
         for bucket in grid.all():
             self._modules[bucket] = self._load_or_compile(wrapped, bucket, cache, weights_sha256)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from serve_app.backends.base import LogitsOnly, example_inputs
+from serve_app.backends.base import example_inputs, logits_module
 from serve_app.buckets import BucketGrid
 
 
@@ -19,10 +19,13 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, model: torch.nn.Module, grid: BucketGrid, quantize: str = "none") -> None:
+        from serve_app.pooling import has_mean_pooling
+
         model = model.eval()
+        mean_pooling = has_mean_pooling(model)  # read before int8 hides the weights
         if quantize == "int8":
             model = quantize_int8(model)
-        self._module = LogitsOnly(model).eval()
+        self._module = logits_module(model, mean_pooling)
         self.grid = grid
 
     @torch.inference_mode()
