@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_load(url, BODY, connections, args.seconds).as_dict()
                 result["server"] = name
                 rows.append(result)
+                # Requests still queued when the load stops keep the server busy for about its p99:
+                # let them drain so the next server is not measured against the previous one's backlog.
+                time.sleep(min(10.0, max(1.0, result["p99_ms"] / 1000)))
                 print(f"  {name:5s} c={connections:<4d} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.1f} ms  "
                       f"p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}", flush=True)
     finally:
