@@ -171,3 +171,19 @@ def test_mean_pooling_exports_agree_and_the_pooling_layer_is_not_stored(ray_clus
             return loaded.model(**batch).logits
 
     assert torch.allclose(logits(from_adapter), logits(from_model), atol=1e-2)
+
+
+def test_learning_rates_per_parameter_group(tiny_model_dir):
+    """Full fine-tuning trains every weight at `learning_rate`; `lora.full_lr_scale` only scales the
+    encoder layers that a LoRA run trains in full."""
+    from training.modeling import build_model, parameter_groups
+
+    full = TrainConfig.model_validate({"base_model": str(tiny_model_dir), "data": {"source": "x"}, "method": "full",
+                                       "learning_rate": 1e-4})
+    _, model = build_model(full)
+    assert [g["lr"] for g in parameter_groups(model, full)] == [1e-4]
+    top = full.model_copy(update={"method": "lora", "lora": full.lora.model_copy(update={"full_top_layers": 1})})
+    _, model = build_model(top)
+    groups = parameter_groups(model, top)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-4 * top.lora.full_lr_scale]
+    assert all(p.requires_grad for g in groups for p in g["params"])

@@ -66,12 +66,14 @@ def lora_targets(config: TrainConfig, num_layers: int) -> tuple[list[str] | str,
 
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
-    """Adapters and the head at the full learning rate; fully trained encoder layers scaled down."""
+    """LoRA: adapters and the head at the full learning rate, encoder layers trained in full
+    (`lora.full_top_layers`) scaled by `lora.full_lr_scale`. Full fine-tuning: one learning rate."""
     base, scaled = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (scaled if ".encoder.layer." in name and "lora_" not in name else base).append(param)
+        in_full = config.method == "lora" and ".encoder.layer." in name and "lora_" not in name
+        (scaled if in_full else base).append(param)
     groups = [{"params": base, "lr": config.learning_rate}]
     if scaled:
         groups.append({"params": scaled, "lr": config.learning_rate * config.lora.full_lr_scale})
