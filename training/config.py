@@ -67,6 +67,11 @@ class TrainConfig(_Strict):
         "(what all-MiniLM-L6-v2 was trained for), built as one extra plain BERT layer (serve_app/pooling.py) "
         "so the export stays a standard BertForSequenceClassification.",
     )
+    full_export_rank: Optional[int] = Field(
+        None, ge=1,
+        description="method=full: also export adapter/, the weight change of each encoder Linear factored "
+        "into a rank-r LoRA pair (SVD) plus biases, LayerNorms, pooler and head in full (training/compress.py).",
+    )
     labels: list[str] = Field(default_factory=lambda: ["NEGATIVE", "POSITIVE"], description="Label names by class id.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker; also its torch threads.")

@@ -91,33 +91,45 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
     model.load_state_dict(state, strict=False)
 
 
-def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[str, Path]:
-    """Write `model/` (plain HF directory, adapters merged) and, for LoRA, `adapter/` (what the repo embeds)."""
+def _save_adapter(config: TrainConfig, peft_model, adapter_dir: Path) -> Path:
     import json
 
+    peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    adapter_config = adapter_dir / "adapter_config.json"  # portable: no site-packages path inside
+    settings = json.loads(adapter_config.read_text())
+    settings["base_model_name_or_path"] = config.base_model
+    adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    if config.lora.store_fp16:
+        from safetensors.torch import load_file, save_file
+
+        weights = adapter_dir / "adapter_model.safetensors"
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    (adapter_dir / "labels.json").write_text(
+        json.dumps({"labels": config.labels, "base_model": config.base_model, "pooling": config.pooling}, indent=2)
+        + "\n"
+    )
+    return adapter_dir
+
+
+def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[str, Path]:
+    """Write `model/` (plain HF directory, adapters merged) and `adapter/` (what the repo embeds): for
+    LoRA the trained adapter; for full fine-tuning with `full_export_rank`, the change factored into a
+    LoRA adapter (training/compress.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if config.method == "lora":
-        adapter_dir = out_dir / "adapter"
-        model.save_pretrained(str(adapter_dir), safe_serialization=True)
-        adapter_config = adapter_dir / "adapter_config.json"  # portable: no site-packages path inside
-        settings = json.loads(adapter_config.read_text())
-        settings["base_model_name_or_path"] = config.base_model
-        adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        if config.lora.store_fp16:
-            from safetensors.torch import load_file, save_file
-
-            weights = adapter_dir / "adapter_model.safetensors"
-            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-            save_file(tensors, str(weights), metadata={"format": "pt"})
-        (adapter_dir / "labels.json").write_text(
-            json.dumps(
-                {"labels": config.labels, "base_model": config.base_model, "pooling": config.pooling}, indent=2
-            )
-            + "\n"
-        )
-        written["adapter"] = adapter_dir
+        written["adapter"] = _save_adapter(config, model, out_dir / "adapter")
         model = model.merge_and_unload()
+    elif config.full_export_rank:
+        from training.compress import adapter_from_full
+
+        _, base = build_model(config)  # the untouched base (+ the fixed pooling layer)
+        layers = model.config.num_hidden_layers - (1 if config.pooling == "mean" else 0)
+        factored, residuals = adapter_from_full(base, model, config.full_export_rank, layers)
+        print(f"[train] factored the fine-tune at rank {config.full_export_rank}: relative residual "
+              f"mean {sum(residuals) / len(residuals):.3f}, max {max(residuals):.3f}", flush=True)
+        written["adapter"] = _save_adapter(config, factored, out_dir / "adapter")
     model.config.id2label = dict(enumerate(config.labels))
     model.config.label2id = {label: i for i, label in enumerate(config.labels)}
     model_dir = out_dir / "model"
