@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 
+from serve_app.coalesce import merge
 from serve_app.config import AppConfig, LimitSettings
 from serve_app.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
 from serve_app.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
@@ -54,7 +55,7 @@ async def classify_all(client: ModelClient, texts: list[str]) -> list[Prediction
         return await client.classify(texts)
     chunks = [texts[i : i + TEXTS_PER_CALL] for i in range(0, len(texts), TEXTS_PER_CALL)]
     results = await asyncio.gather(*(client.classify(chunk) for chunk in chunks))
-    return [prediction for chunk in results for prediction in chunk]
+    return merge(results)
 
 
 async def _with_timeout(awaitable, seconds: float):

@@ -83,8 +83,8 @@ class CoalesceSettings(_Strict):
         1,
         ge=1,
         le=64,
-        description="Merged calls running at once per ingress replica. 1 suits one model replica (requests "
-        "gather while it works); raise it to about model replicas / ingress replicas when scaled out.",
+        description="Merged calls running at once per ingress replica: about model replicas / ingress "
+        "replicas (requests gather while those calls run).",
     )
 
 

@@ -14,8 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.pooling import POOLING_CHOICES, add_mean_pooling_layer
-
 logger = logging.getLogger(__name__)
 
 #: The model source that means "the fine-tuned default shipped in this repository".
@@ -102,6 +100,8 @@ def load_adapter_model(adapter_dir: Path):
     """
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from serve_app.pooling import POOLING_CHOICES, add_mean_pooling_layer
 
     meta_path = adapter_dir / "labels.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

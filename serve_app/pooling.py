@@ -26,12 +26,16 @@ POOLING_CHOICES = ("cls", "mean")
 SCALE = 10000.0
 
 
+def _encoder_layers(model):
+    """The encoder's ModuleList of a BERT-family model (or None)."""
+    return getattr(getattr(getattr(model, "base_model", model), "encoder", None), "layer", None)
+
+
 def add_mean_pooling_layer(model) -> None:
     """Append the mean-pooling layer to a BERT-family sequence classifier, in place."""
     import copy
 
-    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
-    layers = getattr(encoder, "layer", None)
+    layers = _encoder_layers(model)
     if layers is None or len(layers) == 0:
         raise ValueError("mean pooling needs a BERT-style encoder (model.base_model.encoder.layer)")
     layer = copy.deepcopy(layers[-1])
@@ -78,7 +82,7 @@ def is_mean_pooling_layer(layer) -> bool:
 
 
 def has_mean_pooling(model) -> bool:
-    layers = getattr(getattr(getattr(model, "base_model", model), "encoder", None), "layer", None)
+    layers = _encoder_layers(model)
     return bool(layers) and len(layers) > 1 and is_mean_pooling_layer(layers[-1])
 
 

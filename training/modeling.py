@@ -52,15 +52,12 @@ def lora_targets(config: TrainConfig, num_layers: int) -> tuple[list[str] | str,
     layers below them. With mean pooling the pooler (which never saw mean-pooled input) is trained in full
     and the pooling layer gets no adapter."""
     k = config.lora.full_top_layers
-    names = "|".join(config.lora.target_modules)
-    if k == 0 and config.pooling == "mean":
-        every = "|".join(str(i) for i in range(num_layers))
-        return rf".*encoder\.layer\.({every})\..*({names})$", ["classifier", "pooler"]
-    if k == 0:
+    if k == 0 and config.pooling == "cls":
         return config.lora.target_modules, ["classifier"]
     if k > num_layers:
         raise ValueError(f"lora.full_top_layers={k} exceeds the model's {num_layers} layers")
     lower = "|".join(str(i) for i in range(num_layers - k))
+    names = "|".join(config.lora.target_modules)
     targets = rf".*encoder\.layer\.({lower})\..*({names})$" if lower else r"^$"
     return targets, ["classifier", "pooler"] + [f"encoder.layer.{i}" for i in range(num_layers - k, num_layers)]
 

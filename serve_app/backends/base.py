@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from serve_app.buckets import BucketGrid
+from serve_app.pooling import MeanPooledLogits, has_mean_pooling
 
 
 class BackendError(RuntimeError):
@@ -44,15 +45,10 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
 
 
-def logits_module(model: torch.nn.Module, mean_pooling: bool | None = None) -> torch.nn.Module:
+def logits_module(model: torch.nn.Module) -> torch.nn.Module:
     """The traceable module a backend runs: a mean-pooled classifier (serve_app/pooling.py) evaluates its
-    pooling layer at [CLS] only; any other classifier runs as is. Pass `mean_pooling` when `model` was
-    changed (e.g. int8-quantized) after the check could read its weights."""
-    from serve_app.pooling import MeanPooledLogits, has_mean_pooling
-
-    if mean_pooling is None:
-        mean_pooling = has_mean_pooling(model)
-    return (MeanPooledLogits(model) if mean_pooling else LogitsOnly(model)).eval()
+    pooling layer at [CLS] only; any other classifier runs as is."""
+    return (MeanPooledLogits(model) if has_mean_pooling(model) else LogitsOnly(model)).eval()
 
 
 def example_inputs(batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

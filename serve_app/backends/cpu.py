@@ -19,13 +19,8 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, model: torch.nn.Module, grid: BucketGrid, quantize: str = "none") -> None:
-        from serve_app.pooling import has_mean_pooling
-
-        model = model.eval()
-        mean_pooling = has_mean_pooling(model)  # read before int8 hides the weights
-        if quantize == "int8":
-            model = quantize_int8(model)
-        self._module = logits_module(model, mean_pooling)
+        module = logits_module(model.eval())  # reads the float weights, so before quantization
+        self._module = quantize_int8(module).eval() if quantize == "int8" else module
         self.grid = grid
 
     @torch.inference_mode()
