@@ -16,6 +16,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+#: Quantized weight residuals next to an adapter (serve_app/residuals.py).
+RESIDUALS_FILE = "weight_residuals.safetensors"
+
 #: The model source that means "the fine-tuned default shipped in this repository".
 DEFAULT_SOURCE = "default"
 #: The model source that means "the packaged all-MiniLM-L6-v2 encoder, no classifier trained".
@@ -95,7 +98,8 @@ def load_adapter_model(adapter_dir: Path):
     """Load base + LoRA adapter from `adapter_dir` and merge it once, so inference pays nothing for it.
 
     `labels.json` "pooling": "mean" appends the mean-pooling layer (serve_app/pooling.py) before the
-    adapter is applied. The base is the one the adapter names (`labels.json` "base_model", else adapter_config.json's
+    adapter is applied; a `weight_residuals.safetensors` next to the adapter (serve_app/residuals.py) is
+    added after the merge. The base is the one the adapter names (`labels.json` "base_model", else adapter_config.json's
     `base_model_name_or_path`); the packaged MiniLM is checked against its pinned sha256.
     """
     from peft import PeftModel
@@ -115,6 +119,10 @@ def load_adapter_model(adapter_dir: Path):
     elif pooling != "cls":
         raise ModelLoadError(f"{meta_path}: unknown pooling {pooling!r} (expected one of {POOLING_CHOICES})")
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if (adapter_dir / RESIDUALS_FILE).is_file():  # a factored full fine-tune's quantized remainder
+        from serve_app.residuals import apply_residuals
+
+        apply_residuals(model, adapter_dir / RESIDUALS_FILE)
     _with_labels(model, labels)
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer.json").exists() else Path(base)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -146,12 +154,12 @@ def load_classifier(source: str = DEFAULT_SOURCE) -> LoadedModel:
             if not (DEFAULT_ADAPTER_DIR / "adapter_model.safetensors").is_file():
                 raise ModelLoadError(f"the embedded default model is missing from {DEFAULT_ADAPTER_DIR}")
             model, tokenizer, labels = load_adapter_model(DEFAULT_ADAPTER_DIR)
-            digest = sha256_file(DEFAULT_ADAPTER_DIR / "adapter_model.safetensors")
+            digest = _adapter_sha256(DEFAULT_ADAPTER_DIR)
         else:
             path = Path(source).expanduser()
             if path.is_dir() and (path / "adapter_config.json").is_file():
                 model, tokenizer, labels = load_adapter_model(path)
-                digest = sha256_file(path / "adapter_model.safetensors")
+                digest = _adapter_sha256(path)
             elif path.is_dir() or not _looks_like_hub_id(source):
                 if not (path / "config.json").is_file():
                     raise ModelLoadError(f"model directory {path} has no config.json (not a Hugging Face model)")
@@ -176,6 +184,14 @@ def load_classifier(source: str = DEFAULT_SOURCE) -> LoadedModel:
 
 def _looks_like_hub_id(source: str) -> bool:
     return not source.startswith((".", "/", "~")) and source.count("/") <= 1 and not os.path.exists(source)
+
+
+def _adapter_sha256(adapter_dir: Path) -> str:
+    """The adapter's weights digest (and its residuals', when it has them)."""
+    digest = sha256_file(adapter_dir / "adapter_model.safetensors")
+    if (adapter_dir / RESIDUALS_FILE).is_file():
+        digest = hashlib.sha256((digest + sha256_file(adapter_dir / RESIDUALS_FILE)).encode()).hexdigest()
+    return digest
 
 
 def _directory_weights_sha256(path: Path) -> str:

@@ -72,6 +72,11 @@ class TrainConfig(_Strict):
         description="method=full: also export adapter/, the weight change of each encoder Linear factored "
         "into a rank-r LoRA pair (SVD) plus biases, LayerNorms, pooler and head in full (training/compress.py).",
     )
+    full_export_bits: Optional[Literal[4, 8]] = Field(
+        None,
+        description="With full_export_rank: also store what the factors miss, quantized per output row to "
+        "int4 or int8 (adapter/weight_residuals.safetensors, added back at load; serve_app/residuals.py).",
+    )
     labels: list[str] = Field(default_factory=lambda: ["NEGATIVE", "POSITIVE"], description="Label names by class id.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker; also its torch threads.")
@@ -104,6 +109,8 @@ class TrainConfig(_Strict):
             raise ValueError("labels must name exactly two classes (negative first)")
         if self.storage_path.startswith("s3://") and self.fault_injection is not None:
             raise ValueError("fault_injection needs a local marker_dir; it is a test hook")
+        if self.full_export_bits and not (self.method == "full" and self.full_export_rank):
+            raise ValueError("full_export_bits needs method: full and full_export_rank")
         return self
 
     def with_local_paths_resolved(self) -> "TrainConfig":

@@ -4,6 +4,8 @@
 
 Overrides use dotted keys, e.g. `num_workers=4 data.source=/data/sst2 storage_path=s3://bucket/runs`.
 Re-running with the same `storage_path` and `run_name` resumes the run from its latest checkpoint.
+`--export CHECKPOINT_DIR` skips training and exports that checkpoint with the config's export settings
+(e.g. `full_export_rank=1 full_export_bits=4` for a full fine-tune) to `export_dir`.
 """
 
 from __future__ import annotations
@@ -105,12 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML config (see training/configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. num_workers=4")
+    parser.add_argument("--export", metavar="CHECKPOINT_DIR", help="export this checkpoint instead of training")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides).with_local_paths_resolved()
     except (ValidationError, ValueError, OSError) as exc:
         print(f"error: invalid training config: {exc}", file=sys.stderr)
         return 2
+    if args.export:
+        from ray.train import Checkpoint
+
+        from training.modeling import TRAIN_STATE_FILE
+
+        if not (Path(args.export) / TRAIN_STATE_FILE).is_file():
+            print(f"error: {args.export} is not a checkpoint of this trainer (no train_state.pt)", file=sys.stderr)
+            return 2
+        written = export_checkpoint(config, Checkpoint.from_directory(args.export), config.resolved_export_dir())
+        print("[train] exported: " + json.dumps(written), flush=True)
+        return 0
     run(config)
     return 0
 

@@ -112,7 +112,7 @@ def _save_adapter(config: TrainConfig, peft_model, adapter_dir: Path) -> Path:
 def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[str, Path]:
     """Write `model/` (plain HF directory, adapters merged) and `adapter/` (what the repo embeds): for
     LoRA the trained adapter; for full fine-tuning with `full_export_rank`, the change factored into a
-    LoRA adapter (training/compress.py)."""
+    LoRA adapter (training/compress.py), with `full_export_bits` plus what the factors miss, quantized."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if config.method == "lora":
@@ -123,10 +123,16 @@ def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[
 
         _, base = build_model(config)  # the untouched base (+ the fixed pooling layer)
         layers = model.config.num_hidden_layers - (1 if config.pooling == "mean" else 0)
-        factored, residuals = adapter_from_full(base, model, config.full_export_rank, layers)
+        factored = adapter_from_full(base, model, config.full_export_rank, layers)
+        relative = factored.relative_residuals
         print(f"[train] factored the fine-tune at rank {config.full_export_rank}: relative residual "
-              f"mean {sum(residuals) / len(residuals):.3f}, max {max(residuals):.3f}", flush=True)
-        written["adapter"] = _save_adapter(config, factored, out_dir / "adapter")
+              f"mean {sum(relative) / len(relative):.3f}, max {max(relative):.3f}", flush=True)
+        written["adapter"] = _save_adapter(config, factored.model, out_dir / "adapter")
+        if config.full_export_bits:
+            from serve_app.residuals import RESIDUALS_FILE, save_residuals
+
+            save_residuals(factored.residuals, config.full_export_bits, written["adapter"] / RESIDUALS_FILE,
+                           rows=factored.rows)
     model.config.id2label = dict(enumerate(config.labels))
     model.config.label2id = {label: i for i, label in enumerate(config.labels)}
     model_dir = out_dir / "model"
