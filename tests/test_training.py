@@ -111,9 +111,12 @@ def test_config_errors_are_clear(tmp_path, capsys):
     assert "method" in capsys.readouterr().err
 
 
-def test_default_config_is_valid():
-    config = load_config("training/configs/default.yaml")
-    assert config.base_model == "packaged:all-MiniLM-L6-v2" and config.method == "lora"
+@pytest.mark.parametrize("name", ["default", "lora", "mean", "top2", "eks"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(f"training/configs/{name}.yaml")
+    assert config.base_model == "packaged:all-MiniLM-L6-v2"
+    if name == "default":  # the recipe of serve_app/default_model: a full fine-tune that fits in git
+        assert config.method == "full" and config.pooling == "mean" and config.full_export_bits == 4
 
 
 def test_top_layers_in_full_export_fp16_and_load(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
