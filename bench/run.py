@@ -60,16 +60,18 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | None = None, barrier=None) -> float:
-    """Sentences/s of `classify` on `batch` copies of the seed's text (tokenize + bucket + forward)."""
+    """Sentences/s of `classify` on `batch` copies of the seed's text (tokenize + bucket + forward), in
+    forwards of `batch` (the served config's bucket grid caps a forward at its largest batch size)."""
     import torch
 
     from serve_app.classifier import build_classifier
-    from serve_app.config import AppConfig
+    from serve_app.config import AppConfig, BucketSettings
     from serve_app.model_source import load_classifier
 
     if threads:
         torch.set_num_threads(threads)
-    classifier = build_classifier(AppConfig(backend="cpu"), load_classifier(str(model_dir)))
+    config = AppConfig(backend="cpu", buckets=BucketSettings(batch_sizes=[batch]))
+    classifier = build_classifier(config, load_classifier(str(model_dir)))
     texts = [BODY["text"]] * batch
     classifier.classify(texts)
     if barrier is not None:
@@ -79,6 +81,30 @@ def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | No
         classifier.classify(texts)
         done += batch
     return done / (time.perf_counter() - started)
+
+
+def seed_model_dir(model_dir: Path) -> Path:
+    """The directory the seed app serves: `model_dir` itself, or for a mean-pooled model a copy without the
+    pooling layer.
+
+    `transformers.pipeline` cannot mean-pool, so a mean-pooled export carries the pooling as a seventh
+    encoder layer (serve_app/pooling.py), which the service skips and `pipeline()` would pay in full
+    (+1.1 ms a request here, +13%). Without it the seed runs exactly the six trained encoder layers the
+    service runs and reads [CLS] through the pooler: the same cost per request, not the same predictions.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from serve_app.pooling import has_mean_pooling
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    if not has_mean_pooling(model):
+        return model_dir
+    out = model_dir.with_name(model_dir.name + "-seed")
+    model.bert.encoder.layer = model.bert.encoder.layer[:-1]
+    model.config.num_hidden_layers -= 1
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    return out
 
 
 def in_process_ceiling(model_dir: Path, seconds: float = 3.0) -> dict:
@@ -144,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_env = {**({} if args.plain else FAST_SERVE_ENV), **dict(item.split("=", 1) for item in args.serve_env)}
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = args.out / "model"
-    if not (model_dir / "config.json").exists():
-        subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
+    # Always re-export: a stale directory from an earlier default model would benchmark other weights.
+    subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
 
     print("starting the seed app and the service ...", flush=True)
-    seed = start([sys.executable, "bench/seed_app.py", str(model_dir), "5000"], "http://127.0.0.1:5000/analyze",
+    seed_dir = seed_model_dir(model_dir)
+    seed = start([sys.executable, "bench/seed_app.py", str(seed_dir), "5000"], "http://127.0.0.1:5000/analyze",
                  args.out / "seed.log", {"HF_HUB_OFFLINE": "1"})
     serve_bin = str(Path(sys.executable).with_name("serve"))
     ours = start([serve_bin, "run", args.config], "http://127.0.0.1:8000/analyze", args.out / "serve.log",
@@ -192,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     summary = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "serve_env": serve_env, "rows": rows,
+        "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "serve_env": serve_env,
+        "seed_model": str(seed_dir.relative_to(REPO) if seed_dir.is_relative_to(REPO) else seed_dir), "rows": rows,
         "ceiling": ceiling, "table_markdown": table, "load_tool": rows[0]["tool"] if rows else None,
     }
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -30,3 +30,25 @@ def test_in_process_ceiling_takes_the_better_of_both_layouts(tiny_model_dir):
     assert ceiling["one_thread_processes"] == sum(ceiling["per_process"])
     assert ceiling["one_process_all_threads"] == ceiling["by_batch"][ceiling["best_batch"]]
     assert ceiling["sentences_per_s"] == max(ceiling["one_process_all_threads"], ceiling["one_thread_processes"])
+
+
+def test_the_seed_serves_a_mean_pooled_model_without_its_pooling_layer(tmp_path, tiny_model_dir):
+    """Same encoder layers as the service runs (the pooling layer would cost pipeline() a whole layer)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bench.run import seed_model_dir
+    from serve_app.pooling import add_mean_pooling_layer
+
+    plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir))
+    assert seed_model_dir(tiny_model_dir) == tiny_model_dir  # nothing to strip
+    pooled_dir = tmp_path / "model"
+    add_mean_pooling_layer(plain)
+    plain.save_pretrained(str(pooled_dir))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(pooled_dir))
+    seed_dir = seed_model_dir(pooled_dir)
+    seed = AutoModelForSequenceClassification.from_pretrained(str(seed_dir))
+    assert seed.config.num_hidden_layers == plain.config.num_hidden_layers - 1 == len(seed.bert.encoder.layer)
+    original = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir))
+    for kept, trained in zip(seed.bert.encoder.layer, original.bert.encoder.layer):
+        assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), trained.state_dict().values()))
