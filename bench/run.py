@@ -94,14 +94,12 @@ def seed_model_dir(model_dir: Path) -> Path:
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from serve_app.pooling import has_mean_pooling
+    from serve_app.pooling import remove_mean_pooling_layer
 
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    if not has_mean_pooling(model):
+    if not remove_mean_pooling_layer(model):
         return model_dir
     out = model_dir.with_name(model_dir.name + "-seed")
-    model.bert.encoder.layer = model.bert.encoder.layer[:-1]
-    model.config.num_hidden_layers -= 1
     model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
     return out

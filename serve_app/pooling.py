@@ -65,6 +65,17 @@ def add_mean_pooling_layer(model) -> None:
     model.config.num_hidden_layers = len(layers)
 
 
+def remove_mean_pooling_layer(model) -> bool:
+    """Drop the mean-pooling layer from a classifier that has one, in place (the model then reads [CLS]
+    through its pooler); return whether there was one."""
+    if not has_mean_pooling(model):
+        return False
+    layers = _encoder_layers(model)
+    del layers[-1]
+    model.config.num_hidden_layers = len(layers)
+    return True
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """sentence-transformers' mean pooling (the reference the layer above is tested against)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

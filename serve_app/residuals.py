@@ -65,12 +65,13 @@ def apply_residuals(model: torch.nn.Module, path: Path) -> int:
         bits = int((stored.metadata() or {}).get("bits", 0))
         if bits not in BITS_CHOICES:
             raise ValueError(f"{path}: missing or unknown 'bits' metadata")
-        names = sorted({key.rsplit(".", 1)[0] for key in stored.keys()})
+        keys = set(stored.keys())
+        names = sorted({key.rsplit(".", 1)[0] for key in keys})
         with torch.no_grad():
             for name in names:
                 param = params.get(name)
                 residual = dequantize_rows(stored.get_tensor(f"{name}.codes"), stored.get_tensor(f"{name}.scale"), bits)
-                rows = stored.get_tensor(f"{name}.rows") if f"{name}.rows" in stored.keys() else None
+                rows = stored.get_tensor(f"{name}.rows") if f"{name}.rows" in keys else None
                 expected = None if param is None else (param.shape if rows is None else (len(rows), *param.shape[1:]))
                 in_range = rows is None or param is None or bool((rows >= 0).all() and (rows < len(param)).all())
                 if expected != residual.shape or not in_range:

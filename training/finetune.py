@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.modeling import TRAIN_STATE_FILE
 
         if not (Path(args.export) / TRAIN_STATE_FILE).is_file():
-            print(f"error: {args.export} is not a checkpoint of this trainer (no train_state.pt)", file=sys.stderr)
+            print(f"error: {args.export} is not a checkpoint of this trainer (no {TRAIN_STATE_FILE})", file=sys.stderr)
             return 2
         written = export_checkpoint(config, Checkpoint.from_directory(args.export), config.resolved_export_dir())
         print("[train] exported: " + json.dumps(written), flush=True)
