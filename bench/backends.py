@@ -2,8 +2,8 @@
 
     python -m bench.backends [--batch 32] [--data ../shared/data/sst2]
 
-Compares `cpu` (eager, dynamic shapes) with `jit` (TorchScript per compiled bucket; the Neuron path's
-shape handling) and, optionally, `cpu` + int8 dynamic quantization. Texts arrive in dev-file order in
+Compares `cpu` (eager, dynamic shapes, float32) with `jit` (TorchScript per compiled bucket; the Neuron
+path's shape handling), `cpu` in bfloat16 (`dtype: bfloat16`) and `cpu` + int8 dynamic quantization. Texts arrive in dev-file order in
 batches of --batch, as @serve.batch would hand them over.
 """
 
@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "cpu": AppConfig(backend="cpu"),
         "jit": AppConfig(backend="jit", compile_cache_dir=str(args.out / "jit-cache")),
+        "cpu-bf16": AppConfig(backend="cpu", dtype="bfloat16"),
         "cpu-int8": AppConfig(backend="cpu", quantize="int8"),
     }
     results = {}
     for name, config in variants.items():
-        fresh = load_classifier(args.model) if name == "cpu-int8" else loaded  # int8 quantizes in place
+        fresh = load_classifier(args.model) if name in ("cpu-bf16", "cpu-int8") else loaded  # both convert in place
         started = time.perf_counter()
         classifier = build_classifier(config, fresh)
         ready_s = time.perf_counter() - started

@@ -59,9 +59,23 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | None = None, barrier=None) -> float:
+#: The served app's args that change what one forward costs; the ceiling runs the model as served.
+PRECISION_ARGS = ("quantize", "dtype")
+
+
+def precision_args(config_path: Path) -> dict:
+    """`quantize` / `dtype` of the served application (serve_config.yaml `args`), for the ceiling."""
+    import yaml
+
+    args = yaml.safe_load(config_path.read_text())["applications"][0].get("args") or {}
+    return {key: args[key] for key in PRECISION_ARGS if key in args}
+
+
+def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | None = None, barrier=None,
+                  served: dict | None = None) -> float:
     """Sentences/s of `classify` on `batch` copies of the seed's text (tokenize + bucket + forward), in
-    forwards of `batch` (the served config's bucket grid caps a forward at its largest batch size)."""
+    forwards of `batch` (the served config's bucket grid caps a forward at its largest batch size), with
+    the served config's precision (`served`: quantize / dtype)."""
     import torch
 
     from serve_app.classifier import build_classifier
@@ -70,7 +84,7 @@ def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | No
 
     if threads:
         torch.set_num_threads(threads)
-    config = AppConfig(backend="cpu", buckets=BucketSettings(batch_sizes=[batch]))
+    config = AppConfig(backend="cpu", buckets=BucketSettings(batch_sizes=[batch]), **(served or {}))
     classifier = build_classifier(config, load_classifier(str(model_dir)))
     texts = [BODY["text"]] * batch
     classifier.classify(texts)
@@ -105,26 +119,26 @@ def seed_model_dir(model_dir: Path) -> Path:
     return out
 
 
-def in_process_ceiling(model_dir: Path, seconds: float = 3.0) -> dict:
+def in_process_ceiling(model_dir: Path, seconds: float = 3.0, served: dict | None = None) -> dict:
     """The model's own throughput on this machine, no serving: the better of one process on every core
     (intra-op threads, each batch size) and one single-thread process per core at the best batch size
-    (what replicas of one thread each can reach)."""
+    (what replicas of one thread each can reach). `served`: the served precision (quantize / dtype)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    by_batch = {batch: _forward_rate(model_dir, batch, seconds) for batch in (1, 8, 16, 32, 64, 128)}
+    by_batch = {batch: _forward_rate(model_dir, batch, seconds, served=served) for batch in (1, 8, 16, 32, 64, 128)}
     best = max(by_batch, key=by_batch.get)
     cores = os.cpu_count() or 1
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(cores, mp_context=context) as pool:
         barrier = manager.Barrier(cores, timeout=300)
-        futures = [pool.submit(_forward_rate, model_dir, best, 2 * seconds, 1, barrier) for _ in range(cores)]
+        futures = [pool.submit(_forward_rate, model_dir, best, 2 * seconds, 1, barrier, served) for _ in range(cores)]
         per_process = [future.result(timeout=600) for future in futures]
     one_process, processes = by_batch[best], sum(per_process)
     return {
         "best_batch": best, "sentences_per_s": max(one_process, processes),
         "one_process_all_threads": one_process, "by_batch": by_batch,
-        "one_thread_processes": processes, "processes": cores, "per_process": per_process,
+        "one_thread_processes": processes, "processes": cores, "per_process": per_process, "served": served or {},
     }
 
 
@@ -196,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(ours)
         stop(seed)
-    ceiling = in_process_ceiling(model_dir)
+    ceiling = in_process_ceiling(model_dir, served=precision_args(REPO / args.config))
 
     def pick(name, c):
         return next(r for r in rows if r["server"] == name and r["connections"] == c)
@@ -209,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{o['p50_ms']:.1f} | {s['p99_ms']:.1f} | {o['p99_ms']:.1f} | {s['errors']}/{o['errors']} |")
     best_serve = max(r["rps"] for r in rows if r["server"] == "serve")
     lines.append("")
-    lines.append(f"in-process ceiling: {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']} "
+    precision = ", ".join(f"{k} {v}" for k, v in ceiling["served"].items()) or "float32"
+    lines.append(f"in-process ceiling ({precision}, as served): {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']} "
                  f"(one process, {os.cpu_count()} threads: {ceiling['one_process_all_threads']:.1f}; "
                  f"{ceiling['processes']} one-thread processes: {ceiling['one_thread_processes']:.1f}); "
                  f"serving at saturation: {best_serve:.1f} req/s = {100 * best_serve / ceiling['sentences_per_s']:.0f}% of it")

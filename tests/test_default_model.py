@@ -77,6 +77,16 @@ def test_bad_input_while_serving(served):
     assert httpx.get(f"{URL}/healthz", timeout=30).json()["status"] == "ok"
 
 
+def test_served_precision_follows_dtype_auto(served):
+    """serve_config.yaml's `dtype: auto`: bfloat16 on a CPU with native bf16 (this one), else float32."""
+    import torch
+
+    from serve_app.backends.cpu import resolve_dtype
+
+    expected = "cpu-bf16" if resolve_dtype("auto") is torch.bfloat16 else "cpu"
+    assert httpx.get(f"{URL}/healthz", timeout=30).json()["backend"] == expected
+
+
 #: Issue #3's target; the shipped model measures 0.9037 (788/872, training/MODEL_CARD.md). This guards
 #: against regressions in the serving path (tokenization, buckets, pooling, label order) and the model files.
 MIN_SST2_DEV_ACCURACY = 0.90

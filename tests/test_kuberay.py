@@ -68,8 +68,9 @@ def test_serve_config_v2_serves_the_same_app(folder):
         assert remote_app[key] == local_app[key]
     assert remote["http_options"]["port"] == local["http_options"]["port"] == 8000
     differing = {k for k in set(local_app["args"]) | set(remote_app["args"]) if local_app["args"].get(k) != remote_app["args"].get(k)}
-    # backend-specific only (buckets: the laptop's cpu forward cap vs the Neuron cluster's compiled grid)
-    assert differing <= {"backend", "model", "compile_cache_dir", "torch_threads", "buckets"}, differing
+    # backend-specific only (buckets: the laptop's cpu forward cap vs the Neuron cluster's compiled grid;
+    # dtype: the cpu backend's)
+    assert differing <= {"backend", "model", "compile_cache_dir", "torch_threads", "buckets", "dtype"}, differing
     assert parse_app_args(remote_app["args"]).backend in ("neuronx", "neuron")
     assert [d["name"] for d in remote_app["deployments"]] == [d["name"] for d in local_app["deployments"]]
 

@@ -46,6 +46,17 @@ def test_app_config_rejects_unknown_keys():
         parse_app_args({"backend": "tpu"})
 
 
+def test_dtype_is_a_cpu_backend_choice():
+    assert parse_app_args({}).dtype == "float32"  # exact fp32 unless a config opts in (serve_config.yaml: auto)
+    assert parse_app_args({"dtype": "bfloat16"}).dtype == "bfloat16"
+    with pytest.raises(ValidationError, match="cpu backend only"):
+        parse_app_args({"backend": "jit", "dtype": "bfloat16"})
+    with pytest.raises(ValidationError, match="alternatives"):
+        parse_app_args({"dtype": "bfloat16", "quantize": "int8"})
+    with pytest.raises(ValidationError):
+        parse_app_args({"dtype": "float16"})
+
+
 def test_app_config_defaults_match_issue():
     config = parse_app_args({})
     assert config.model == "default" and config.backend == "cpu"

@@ -27,7 +27,7 @@ def create_backend(config: AppConfig, loaded: LoadedModel) -> Backend:
     if name == "cpu":
         from serve_app.backends.cpu import CpuBackend
 
-        return CpuBackend(loaded.model, config.buckets.grid(fixed=False), quantize=config.quantize)
+        return CpuBackend(loaded.model, config.buckets.grid(fixed=False), quantize=config.quantize, dtype=config.dtype)
     from serve_app.backends.compiled import CompiledBackend
 
     if name == "jit":

@@ -1,11 +1,36 @@
-"""Eager PyTorch on the CPU, any shape (the grid is dynamic); optional dynamic int8 quantization."""
+"""Eager PyTorch on the CPU, any shape (the grid is dynamic); optional int8 quantization or bfloat16."""
 
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import torch
 
 from serve_app.backends.base import example_inputs, logits_module
 from serve_app.buckets import BucketGrid
+
+#: CPU feature flags (as /proc/cpuinfo names them) that mean bf16 matrix math in hardware.
+NATIVE_BF16_FLAGS = {"x86_64": {"avx512_bf16", "amx_bf16"}, "aarch64": {"bf16"}}
+
+
+def has_native_bf16(cpuinfo: str, machine: str) -> bool:
+    """Whether /proc/cpuinfo text lists a bf16 matrix-math flag for this architecture."""
+    wanted = NATIVE_BF16_FLAGS.get(machine, set())
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and wanted & set(value.split()):
+            return True
+    return False
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """'auto' is bfloat16 where the CPU does bf16 natively (Linux /proc/cpuinfo), else float32."""
+    if dtype == "auto":
+        cpuinfo = Path("/proc/cpuinfo")
+        native = cpuinfo.exists() and has_native_bf16(cpuinfo.read_text(errors="replace"), platform.machine())
+        dtype = "bfloat16" if native else "float32"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -16,16 +41,23 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class CpuBackend:
-    name = "cpu"
+    """`name` is 'cpu', or 'cpu-int8' / 'cpu-bf16' (shown by GET /healthz) when the weights are converted.
 
-    def __init__(self, model: torch.nn.Module, grid: BucketGrid, quantize: str = "none") -> None:
+    Quantization and the bfloat16 cast convert the model in place: load a fresh one per backend."""
+
+    def __init__(self, model: torch.nn.Module, grid: BucketGrid, quantize: str = "none", dtype: str = "float32") -> None:
         module = logits_module(model.eval())  # reads the float weights, so before quantization
-        self._module = quantize_int8(module).eval() if quantize == "int8" else module
+        if quantize == "int8":
+            module = quantize_int8(module)
+        self.dtype = resolve_dtype(dtype)
+        self._module = module.to(self.dtype).eval() if self.dtype != torch.float32 else module.eval()
+        self.name = "cpu-int8" if quantize == "int8" else "cpu-bf16" if self.dtype == torch.bfloat16 else "cpu"
         self.grid = grid
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._module(input_ids, attention_mask)
+        # Logits leave in float32 whatever the compute dtype (softmax and scores stay full precision).
+        return self._module(input_ids, attention_mask).float()
 
     def warm_up(self) -> None:
         for batch_size in (1, self.grid.max_batch_size):
