@@ -71,6 +71,15 @@ def precision_args(config_path: Path) -> dict:
     return {key: args[key] for key in PRECISION_ARGS if key in args}
 
 
+def describe_precision(served: dict) -> str:
+    """What the ceiling (and the service) runs on this machine: 'int8', 'bfloat16' or 'float32'."""
+    from serve_app.backends.cpu import resolve_dtype
+
+    if served.get("quantize", "none") != "none":
+        return served["quantize"]
+    return str(resolve_dtype(served.get("dtype", "float32"))).removeprefix("torch.")
+
+
 def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | None = None, barrier=None,
                   served: dict | None = None) -> float:
     """Sentences/s of `classify` on `batch` copies of the seed's text (tokenize + bucket + forward), in
@@ -139,6 +148,7 @@ def in_process_ceiling(model_dir: Path, seconds: float = 3.0, served: dict | Non
         "best_batch": best, "sentences_per_s": max(one_process, processes),
         "one_process_all_threads": one_process, "by_batch": by_batch,
         "one_thread_processes": processes, "processes": cores, "per_process": per_process, "served": served or {},
+        "precision": describe_precision(served or {}),
     }
 
 
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{o['p50_ms']:.1f} | {s['p99_ms']:.1f} | {o['p99_ms']:.1f} | {s['errors']}/{o['errors']} |")
     best_serve = max(r["rps"] for r in rows if r["server"] == "serve")
     lines.append("")
-    precision = ", ".join(f"{k} {v}" for k, v in ceiling["served"].items()) or "float32"
+    precision = ceiling["precision"]
     lines.append(f"in-process ceiling ({precision}, as served): {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']} "
                  f"(one process, {os.cpu_count()} threads: {ceiling['one_process_all_threads']:.1f}; "
                  f"{ceiling['processes']} one-thread processes: {ceiling['one_thread_processes']:.1f}); "

@@ -25,7 +25,7 @@ def test_in_process_ceiling_takes_the_better_of_both_layouts(tiny_model_dir):
     from bench.run import in_process_ceiling
 
     ceiling = in_process_ceiling(tiny_model_dir, seconds=0.1, served={"dtype": "bfloat16"})
-    assert ceiling["served"] == {"dtype": "bfloat16"}
+    assert ceiling["served"] == {"dtype": "bfloat16"} and ceiling["precision"] == "bfloat16"
     assert ceiling["processes"] == (os.cpu_count() or 1) == len(ceiling["per_process"])
     assert all(rate > 0 for rate in ceiling["per_process"])
     assert ceiling["one_thread_processes"] == sum(ceiling["per_process"])
@@ -35,12 +35,14 @@ def test_in_process_ceiling_takes_the_better_of_both_layouts(tiny_model_dir):
 
 def test_the_ceiling_runs_the_served_precision(tmp_path):
     """The ceiling measures the model as serve_config.yaml serves it (dtype / quantize), not always float32."""
-    from bench.run import precision_args
+    from bench.run import describe_precision, precision_args
 
     assert precision_args(Path(__file__).resolve().parents[1] / "serve_config.yaml") == {"dtype": "auto"}
     config = tmp_path / "c.yaml"
     config.write_text("applications:\n  - name: a\n    args: {quantize: int8, backend: cpu, model: x}\n")
     assert precision_args(config) == {"quantize": "int8"}
+    assert describe_precision({"quantize": "int8"}) == "int8" and describe_precision({}) == "float32"
+    assert describe_precision({"dtype": "auto"}) in ("float32", "bfloat16")
     config.write_text("applications:\n  - name: a\n    import_path: m:f\n")
     assert precision_args(config) == {}
 
