@@ -73,11 +73,9 @@ def precision_args(config_path: Path) -> dict:
 
 def describe_precision(served: dict) -> str:
     """What the ceiling (and the service) runs on this machine: 'int8', 'bfloat16' or 'float32'."""
-    from serve_app.backends.cpu import resolve_dtype
+    from serve_app.backends.cpu import resolve_precision
 
-    if served.get("quantize", "none") != "none":
-        return served["quantize"]
-    return str(resolve_dtype(served.get("dtype", "float32"))).removeprefix("torch.")
+    return resolve_precision(served.get("quantize", "none"), served.get("dtype", "float32"))
 
 
 def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | None = None, barrier=None,
@@ -233,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{o['p50_ms']:.1f} | {s['p99_ms']:.1f} | {o['p99_ms']:.1f} | {s['errors']}/{o['errors']} |")
     best_serve = max(r["rps"] for r in rows if r["server"] == "serve")
     lines.append("")
-    precision = ceiling["precision"]
-    lines.append(f"in-process ceiling ({precision}, as served): {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']} "
+    lines.append(f"in-process ceiling ({ceiling['precision']}, as served): {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']} "
                  f"(one process, {os.cpu_count()} threads: {ceiling['one_process_all_threads']:.1f}; "
                  f"{ceiling['processes']} one-thread processes: {ceiling['one_thread_processes']:.1f}); "
                  f"serving at saturation: {best_serve:.1f} req/s = {100 * best_serve / ceiling['sentences_per_s']:.0f}% of it")

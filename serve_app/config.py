@@ -104,7 +104,8 @@ class AppConfig(_Strict):
         "float32",
         description="Weights and activations of the cpu backend. 'bfloat16' halves the bytes each forward reads "
         "and doubles the math rate on CPUs with native bf16 (x86 avx512_bf16/AMX, Arm bf16); elsewhere it is "
-        "emulated and slower. 'auto': bfloat16 where this CPU has it natively, else float32.",
+        "emulated and slower. 'auto': bfloat16 where this CPU has it natively, else float32 (with quantize "
+        "'int8': int8).",
     )
     buckets: BucketSettings = Field(default_factory=BucketSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -2,7 +2,8 @@
 
 A full fine-tune exported as an adapter (training/compress.py) keeps each encoder Linear's weight change as
 a low-rank LoRA pair; what the pair misses can be stored here, quantized per output row to int8 or int4
-(two values per byte), as can the rows of the word embeddings that the fine-tune moved. The loader (`serve_app.model_source`) adds it to the merged weights once at start-up,
+(two values per byte), as can the rows of the word embeddings that the fine-tune moved. The loader
+(`serve_app.model_source`, file name `RESIDUALS_FILE`) adds it to the merged weights once at start-up,
 so requests pay nothing for it.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from serve_app.model_source import RESIDUALS_FILE  # noqa: F401 - the file's name, next to the adapter
 
 BITS_CHOICES = (4, 8)
 

@@ -7,7 +7,7 @@ import torch
 
 from serve_app.backends import create_backend
 from serve_app.backends.base import example_inputs
-from serve_app.backends.cpu import has_native_bf16, resolve_dtype
+from serve_app.backends.cpu import has_native_bf16, resolve_dtype, resolve_precision
 from serve_app.classifier import Classifier
 from serve_app.config import AppConfig
 from serve_app.model_source import load_classifier
@@ -99,6 +99,14 @@ def test_bfloat16_backend_computes_in_bf16_and_returns_float32_scores(tiny_model
 )
 def test_native_bf16_is_read_from_cpu_flags(cpuinfo, machine, native):
     assert has_native_bf16(cpuinfo, machine) is native
+
+
+def test_int8_wins_over_dtype_auto(tiny_model_dir):
+    """serve_config.yaml's `dtype: auto` plus `quantize: int8` runs int8 (never int8 cast to bf16)."""
+    assert resolve_precision("int8", "auto") == "int8" and resolve_precision("none", "float32") == "float32"
+    quantized = classify_with(tiny_model_dir, "cpu", quantize="int8", dtype="auto")
+    assert quantized.backend.name == "cpu-int8"
+    assert len(quantized.classify(TEXTS)[0]) == len(TEXTS)
 
 
 def test_dtype_names_resolve():

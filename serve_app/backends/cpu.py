@@ -33,6 +33,14 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 
+def resolve_precision(quantize: str, dtype: str) -> str:
+    """What the cpu backend runs: 'int8' (quantize wins: `dtype: auto` with `quantize: int8` is int8),
+    else the resolved dtype, 'bfloat16' or 'float32'."""
+    if quantize == "int8":
+        return "int8"
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
+
+
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per batch)."""
     from torch.ao.quantization import quantize_dynamic
@@ -47,11 +55,13 @@ class CpuBackend:
 
     def __init__(self, model: torch.nn.Module, grid: BucketGrid, quantize: str = "none", dtype: str = "float32") -> None:
         module = logits_module(model.eval())  # reads the float weights, so before quantization
-        if quantize == "int8":
+        precision = resolve_precision(quantize, dtype)
+        if precision == "int8":
             module = quantize_int8(module)
-        self.dtype = resolve_dtype(dtype)
-        self._module = module.to(self.dtype).eval() if self.dtype != torch.float32 else module.eval()
-        self.name = "cpu-int8" if quantize == "int8" else "cpu-bf16" if self.dtype == torch.bfloat16 else "cpu"
+        elif precision == "bfloat16":
+            module = module.to(torch.bfloat16)
+        self._module = module.eval()
+        self.name = {"float32": "cpu", "bfloat16": "cpu-bf16", "int8": "cpu-int8"}[precision]
         self.grid = grid
 
     @torch.inference_mode()
