@@ -15,6 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from serve_app.coalesce import merge
 from serve_app.config import AppConfig, LimitSettings
 from serve_app.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
+from serve_app.fast_path import FastAnalyze
 from serve_app.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
 
 request_logger = logging.getLogger("serve_app.requests")
@@ -58,6 +59,14 @@ async def classify_all(client: ModelClient, texts: list[str]) -> list[Prediction
     return merge(results)
 
 
+async def analyze_texts(client: ModelClient, texts: list[str], limits: LimitSettings) -> list[Prediction]:
+    """Classify validated texts within the request timeout (Timeout, a ServiceError, past it)."""
+    try:
+        return await _with_timeout(classify_all(client, texts), limits.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise Timeout(f"the model did not answer within {limits.request_timeout_s:g} s") from None
+
+
 async def _with_timeout(awaitable, seconds: float):
     """asyncio.timeout where it exists (3.11+: no extra task per request), else wait_for (3.10, inf1 image)."""
     if hasattr(asyncio, "timeout"):
@@ -73,10 +82,11 @@ class RequestContext:
     measurable CPU per request on a small machine.) The endpoint leaves the text count in scope state.
     """
 
-    def __init__(self, app, observer: RequestObserver | None, log_requests: bool) -> None:
+    def __init__(self, app, observer: RequestObserver | None, log_requests: bool, echo_request_id: bool = True) -> None:
         self.app = app
         self.observer = observer
         self.log_requests = log_requests
+        self.echo_request_id = echo_request_id
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -90,7 +100,8 @@ class RequestContext:
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers["X-Request-Id"] = request_id
+                if self.echo_request_id:
+                    headers["X-Request-Id"] = request_id
                 outcome["status"], outcome["code"] = message["status"], headers.get("x-error-code")
             await send(message)
 
@@ -114,9 +125,29 @@ class RequestContext:
             )
 
 
-def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver | None = None) -> FastAPI:
+class IngressAPI(FastAPI):
+    """The service's FastAPI app, entered through `RequestContext` and, for POST /analyze, `FastAnalyze`.
+
+    Still a FastAPI (Ray Serve reads its docs path; tests and /docs see its routes and OpenAPI schema):
+    only the ASGI entry point is put in front of FastAPI's own.
+    """
+
+    entry = None  # set by create_api: the ASGI app requests enter through
+
+    async def __call__(self, scope, receive, send) -> None:
+        await (self.entry or self.call_fastapi)(scope, receive, send)
+
+    async def call_fastapi(self, scope, receive, send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver | None = None,
+               fast_path: bool = True, echo_request_id: bool = True) -> IngressAPI:
+    """The Ingress's app. `fast_path=False` answers POST /analyze through FastAPI's route alone (tests compare
+    the two). `echo_request_id=False` where the server already echoes X-Request-Id (Ray Serve's HTTP servers
+    add it to every response, with the id they put in the request's headers, which this app then uses)."""
     limits = config.limits
-    api = FastAPI(
+    api = IngressAPI(
         title="Sentiment analysis",
         version="1.0.0",
         description="POST /analyze classifies text as POSITIVE or NEGATIVE, in transformers.pipeline's format.",
@@ -124,16 +155,11 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
     install_error_handlers(api)
     errors = {code: {"model": ErrorResponse} for code in (413, 422, 500, 503, 504)}
 
-    api.add_middleware(RequestContext, observer=observer, log_requests=config.log_requests)
-
     @api.post("/analyze", response_model=list[Prediction], responses=errors, summary="Classify text sentiment")
     async def analyze(body: AnalyzeRequest, request: Request) -> list[Prediction]:
         texts = validate_texts(body, limits)
         request.state.texts = len(texts)
-        try:
-            return await _with_timeout(classify_all(client, texts), limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise Timeout(f"the model did not answer within {limits.request_timeout_s:g} s") from None
+        return await analyze_texts(client, texts, limits)
 
     @api.get("/healthz", response_model=HealthStatus, responses={503: {"model": HealthStatus}}, summary="Readiness")
     async def healthz():
@@ -143,5 +169,9 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
             return JSONResponse(status_code=503, content=HealthStatus(status="unavailable").model_dump())
         return HealthStatus(status="ok", model=info.source, backend=info.backend, labels=list(info.labels))
 
+    analyze_route = FastAnalyze(api.call_fastapi, lambda request: validate_texts(request, limits),
+                                lambda texts: analyze_texts(client, texts, limits), limits.max_body_bytes, fast=fast_path)
+    api.entry = RequestContext(analyze_route, observer=observer, log_requests=config.log_requests,
+                               echo_request_id=echo_request_id)
     return api
 

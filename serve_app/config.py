@@ -48,6 +48,12 @@ class LimitSettings(_Strict):
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Ingress gives up on the model after this long (504).")
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest POST /analyze body that can be valid (each character escaped as a \\uXXXX surrogate pair,
+        12 bytes, plus quotes and commas); larger bodies are refused with 413 before they are read in full."""
+        return self.max_texts_per_request * (12 * self.max_text_chars + 4) + 1024
+
 
 class BatchSettings(_Strict):
     """Batching knobs, set through the model deployment's `user_config` and applied in `reconfigure()`."""

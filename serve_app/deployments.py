@@ -206,4 +206,5 @@ class Ingress:
         self.client.apply(CoalesceSettings.model_validate(user_config or {}))
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.client, self.config, IngressMetrics())
+        # Ray's HTTP servers echo X-Request-Id themselves (the app still reads it for logs and error bodies).
+        return create_api(self.client, self.config, IngressMetrics(), echo_request_id=False)

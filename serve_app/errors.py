@@ -58,10 +58,8 @@ def error_response(status: int, code: str, message: str, request_id: str | None 
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
     if details:
         body["error"]["details"] = details
-    response = JSONResponse(status_code=status, content=body, headers={**(headers or {}), "X-Error-Code": code})
-    if request_id:
-        response.headers["X-Request-Id"] = request_id
-    return response
+    # X-Request-Id is added by the app's RequestContext (or Ray's HTTP server), for every response alike.
+    return JSONResponse(status_code=status, content=body, headers={**(headers or {}), "X-Error-Code": code})
 
 
 def _request_id(request: Request) -> str | None:
@@ -80,14 +78,25 @@ def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict]]:
     return "'text' must be a string or a list of strings", details
 
 
+def service_error_response(exc: ServiceError, request_id: str | None) -> JSONResponse:
+    """The response for one of the taxonomy's errors; a backend failure is logged and answered with a fixed message."""
+    message = exc.message
+    if isinstance(exc, BackendFailure):
+        logger.error("request %s failed: %s", request_id, exc.message, exc_info=exc.__cause__)
+        message = INTERNAL_MESSAGE
+    return error_response(exc.status_code, exc.code, message, request_id, exc.details, exc.headers)
+
+
+def unexpected_error_response(request_id: str | None) -> JSONResponse:
+    """A 500 for an exception outside the taxonomy: logged with its traceback (call from an except block), never echoed."""
+    logger.exception("request %s failed unexpectedly", request_id)
+    return error_response(500, "backend_failure", INTERNAL_MESSAGE, request_id)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
-        message = exc.message
-        if isinstance(exc, BackendFailure):
-            logger.error("request %s failed: %s", _request_id(request), exc.message, exc_info=exc.__cause__)
-            message = INTERNAL_MESSAGE
-        return error_response(exc.status_code, exc.code, message, _request_id(request), exc.details, exc.headers)
+        return service_error_response(exc, _request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -101,5 +110,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        logger.exception("request %s failed unexpectedly", _request_id(request))
-        return error_response(500, "backend_failure", INTERNAL_MESSAGE, _request_id(request))
+        return unexpected_error_response(_request_id(request))

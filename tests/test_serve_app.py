@@ -53,6 +53,22 @@ def test_single_text(serve_url):
     assert response.status_code == 200, response.text
     [prediction] = response.json()
     assert prediction["label"] in ("POSITIVE", "NEGATIVE") and 0.5 <= prediction["score"] <= 1
+    assert len(response.headers.get_list("x-request-id")) == 1  # Ray's server echoes it; the app does not again
+
+
+def test_request_id_reaches_error_bodies_once(serve_url):
+    response = analyze(serve_url, {"text": ""}, headers={"X-Request-Id": "trace-42"})
+    assert response.status_code == 422
+    assert response.headers.get_list("x-request-id") == ["trace-42"]
+    assert response.json()["error"]["request_id"] == "trace-42"
+
+
+def test_body_too_large_for_any_valid_request_is_413(serve_url):
+    # limits: 8 texts of <= 500 chars -> max_body_bytes = 8 * (12 * 500 + 4) + 1024 = 49056
+    response = httpx.post(f"{serve_url}/analyze", content=b"x" * 60_000, headers={"content-type": "application/json"},
+                          timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
+    assert analyze(serve_url, {"text": "still here"}).status_code == 200
 
 
 def test_list_in_order_equals_single_calls(serve_url):
