@@ -3,8 +3,10 @@
     python -m bench.backends [--batch 32] [--data ../shared/data/sst2]
 
 Compares `cpu` (eager, dynamic shapes, float32) with `jit` (TorchScript per compiled bucket; the Neuron
-path's shape handling), `cpu` in bfloat16 (`dtype: bfloat16`) and `cpu` + int8 dynamic quantization. Texts arrive in dev-file order in
-batches of --batch, as @serve.batch would hand them over.
+path's shape handling), `cpu` in bfloat16 (`dtype: bfloat16`), `cpu` + int8 dynamic quantization and,
+where `onnxruntime`, `onnx` and `onnxscript` are installed, ONNX Runtime in float32 on the same dynamic
+padding (bench/onnx_backend.py; measured and not served: docs/benchmark.md). Texts arrive in dev-file
+order in batches of --batch, as @serve.batch would hand them over.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import onnx_backend
 from serve_app.classifier import Classifier, build_classifier
 from serve_app.config import AppConfig
 from serve_app.model_source import load_classifier
@@ -58,11 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         "cpu-bf16": AppConfig(backend="cpu", dtype="bfloat16"),
         "cpu-int8": AppConfig(backend="cpu", quantize="int8"),
     }
+    factories = {}
+    if onnx_backend.available():
+        variants["onnxruntime"] = AppConfig(backend="cpu")
+        factories["onnxruntime"] = onnx_backend.onnx_backend_factory
     results = {}
     for name, config in variants.items():
         fresh = load_classifier(args.model) if name in ("cpu-bf16", "cpu-int8") else loaded  # both convert in place
         started = time.perf_counter()
-        classifier = build_classifier(config, fresh)
+        classifier = build_classifier(config, fresh, factories.get(name))
         ready_s = time.perf_counter() - started
         run = evaluate(classifier, texts, args.batch)
         positive = [p.label == "POSITIVE" for p in run.pop("predictions")]
