@@ -76,7 +76,8 @@ async def _with_timeout(awaitable, seconds: float):
 
 
 class RequestContext:
-    """Request id, metrics and the optional access log, as a pure ASGI middleware.
+    """Request id, metrics and the optional access log, as a pure ASGI middleware: the outermost layer of
+    `IngressAPI`, so the fast path and FastAPI's routes both go through it.
 
     (Starlette's BaseHTTPMiddleware runs each request through an extra task group and memory streams:
     measurable CPU per request on a small machine.) The endpoint leaves the text count in scope state.
