@@ -10,12 +10,12 @@ from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 
 from serve_app.coalesce import merge
 from serve_app.config import AppConfig, LimitSettings
 from serve_app.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
-from serve_app.fast_path import FastAnalyze
+from serve_app.fast_path import FastAnalyze, header
 from serve_app.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
 
 request_logger = logging.getLogger("serve_app.requests")
@@ -93,7 +93,8 @@ class RequestContext:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        request_id = Headers(scope=scope).get("x-request-id") or uuid.uuid4().hex[:16]
+        given = header(scope, b"x-request-id")
+        request_id = given.decode("latin-1") if given else uuid.uuid4().hex[:16]
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         outcome = {"status": 500, "code": "internal"}  # what the client gets if the app raises

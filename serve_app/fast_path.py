@@ -35,12 +35,18 @@ def route_path(scope: dict) -> str:
     return path
 
 
+def header(scope: dict, name: bytes) -> bytes | None:
+    """The first value of request header `name` (ASGI header names are lower-case bytes); None if absent."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value
+    return None
+
+
 def media_type(scope: dict) -> str | None:
     """The request's Content-Type without parameters, lower-cased; None when there is none."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            return value.split(b";", 1)[0].strip().lower().decode("latin-1")
-    return None
+    value = header(scope, b"content-type")
+    return None if value is None else value.split(b";", 1)[0].strip().lower().decode("latin-1")
 
 
 class BodyTooLarge(Exception):
@@ -49,10 +55,8 @@ class BodyTooLarge(Exception):
 
 def declared_length(scope: dict) -> int | None:
     """The request's Content-Length, when it sends a well-formed one."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def read_body(receive, limit: int | None = None) -> bytes | None:

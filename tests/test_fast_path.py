@@ -20,6 +20,7 @@ from serve_app.errors import BackendFailure, Overloaded
 from serve_app.fast_path import BodyTooLarge, FastAnalyze, declared_length, media_type, read_body, replaying, route_path
 from serve_app.schemas import Prediction
 from tests.test_api import FakeClient
+from tests.test_api_properties import json_values
 
 LIMITS = {"max_texts_per_request": 5, "max_text_chars": 40}
 
@@ -194,13 +195,6 @@ def assert_same(content: bytes, fake_factory=FakeClient, content_type="applicati
     assert comparable(fast) == comparable(slow), content
     assert fast_fake.calls == slow_fake.calls, content
     return fast
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
-)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
