@@ -101,10 +101,10 @@ class RequestContext:
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
                 if self.echo_request_id:
-                    headers["X-Request-Id"] = request_id
-                outcome["status"], outcome["code"] = message["status"], headers.get("x-error-code")
+                    MutableHeaders(scope=message)["X-Request-Id"] = request_id
+                code = header(message, b"x-error-code")
+                outcome["status"], outcome["code"] = message["status"], code and code.decode("latin-1")
             await send(message)
 
         try:

@@ -36,7 +36,8 @@ def route_path(scope: dict) -> str:
 
 
 def header(scope: dict, name: bytes) -> bytes | None:
-    """The first value of request header `name` (ASGI header names are lower-case bytes); None if absent."""
+    """The first value of header `name` in an ASGI scope or `http.response.start` message (header names
+    are lower-case bytes there); None if absent."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return value

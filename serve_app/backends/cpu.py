@@ -24,21 +24,28 @@ def has_native_bf16(cpuinfo: str, machine: str) -> bool:
     return False
 
 
+#: The cpu backend's float precisions by config name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _dtype_name(dtype: str) -> str:
+    """'auto' is 'bfloat16' where the CPU does bf16 natively (Linux /proc/cpuinfo), else 'float32'."""
+    if dtype != "auto":
+        return dtype
+    cpuinfo = Path("/proc/cpuinfo")
+    native = cpuinfo.exists() and has_native_bf16(cpuinfo.read_text(errors="replace"), platform.machine())
+    return "bfloat16" if native else "float32"
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
-    """'auto' is bfloat16 where the CPU does bf16 natively (Linux /proc/cpuinfo), else float32."""
-    if dtype == "auto":
-        cpuinfo = Path("/proc/cpuinfo")
-        native = cpuinfo.exists() and has_native_bf16(cpuinfo.read_text(errors="replace"), platform.machine())
-        dtype = "bfloat16" if native else "float32"
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    """The torch dtype a `dtype` setting runs in ('auto' resolved for this CPU)."""
+    return DTYPES[_dtype_name(dtype)]
 
 
 def resolve_precision(quantize: str, dtype: str) -> str:
     """What the cpu backend runs: 'int8' (quantize wins: `dtype: auto` with `quantize: int8` is int8),
     else the resolved dtype, 'bfloat16' or 'float32'."""
-    if quantize == "int8":
-        return "int8"
-    return str(resolve_dtype(dtype)).removeprefix("torch.")
+    return "int8" if quantize == "int8" else _dtype_name(dtype)
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -58,8 +65,8 @@ class CpuBackend:
         precision = resolve_precision(quantize, dtype)
         if precision == "int8":
             module = quantize_int8(module)
-        elif precision == "bfloat16":
-            module = module.to(torch.bfloat16)
+        elif precision != "float32":
+            module = module.to(DTYPES[precision])
         self._module = module.eval()
         self.name = {"float32": "cpu", "bfloat16": "cpu-bf16", "int8": "cpu-int8"}[precision]
         self.grid = grid
