@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not serve and not train" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not serve and not train and not cluster" $(PYTEST_ARGS)
 
 export-model: install
 	$(BIN)/python -m serve_app.export_model artifacts/default-model

@@ -1,11 +1,13 @@
 """Precompile every shape bucket into a compile cache that replicas load instead of compiling.
 
     python -m serve_app.compile --backend {jit,neuronx,neuron} --out DIR [--model default]
-        [--batch-sizes 1,4,8,16,32] [--seq-lens 16,32,64,128]
+        [--cache-uri s3://BUCKET/compile-cache] [--batch-sizes 1,4,8,16,32] [--seq-lens 16,32,64,128]
 
 Writes one artifact per bucket plus DIR/manifest.json, keyed by the weights' sha256, backend, compiler
-version and bucket. Point `compile_cache_dir` in serve_config.yaml (or the RayService) at DIR. Run it on
-the instance type that serves (neuronx artifacts are for inf2/trn1, neuron artifacts for inf1).
+version and bucket. With --cache-uri, buckets already in the shared store are fetched instead of compiled
+and new ones are pushed there, where every replica with the same `compile_cache_uri` finds them. Run it on
+the instance type that serves (neuronx artifacts are for inf2/trn1, neuron artifacts for inf1), with the
+image that serves (the compiler version is part of the key).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", required=True, choices=["jit", "neuronx", "neuron"])
     parser.add_argument("--out", required=True, help="compile cache directory")
     parser.add_argument("--model", default=DEFAULT_SOURCE, help="model source (default: %(default)s)")
+    parser.add_argument("--cache-uri", default=None, help="shared artifact store to fetch from and push to (s3://...)")
     parser.add_argument("--batch-sizes", type=_int_list, default=defaults.batch_sizes)
     parser.add_argument("--seq-lens", type=_int_list, default=defaults.seq_lens)
     args = parser.parse_args(argv)
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             backend=args.backend,
             compile_cache_dir=args.out,
+            compile_cache_uri=args.cache_uri,
             buckets=BucketSettings(batch_sizes=args.batch_sizes, seq_lens=args.seq_lens),
         )
         started = time.monotonic()
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         "buckets": len(backend.grid.all()),
         "compiled": backend.stats.compiled,
         "loaded_from_cache": backend.stats.loaded,
+        "fetched": backend.stats.fetched,
+        "pushed": backend.stats.pushed,
         "weights_sha256": loaded.weights_sha256,
         "out": args.out,
         "seconds": round(time.monotonic() - started, 1),

@@ -104,6 +104,12 @@ class AppConfig(_Strict):
     compile_cache_dir: Optional[str] = Field(
         None, description="Directory of precompiled bucket artifacts (jit/neuron backends); compiled on demand if unset."
     )
+    compile_cache_uri: Optional[str] = Field(
+        None,
+        description="Shared store of compiled artifacts (s3://bucket/prefix, or any URI pyarrow opens): missing "
+        "buckets are fetched from it into compile_cache_dir (sha256-verified) and what a replica compiles is "
+        "pushed to it, so each model and compiler version is compiled once for the whole cluster.",
+    )
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per model replica.")
     quantize: Literal["none", "int8"] = Field("none", description="'int8': dynamic int8 quantization (cpu backend).")
     dtype: Literal["float32", "bfloat16", "auto"] = Field(
@@ -122,6 +128,8 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "AppConfig":
+        if self.compile_cache_uri and not self.compile_cache_dir:
+            raise ValueError("compile_cache_uri needs compile_cache_dir (the local directory it is fetched into)")
         if self.quantize != "none" and self.backend not in ("cpu", "auto"):
             raise ValueError("quantize applies to the cpu backend only")
         if self.dtype == "bfloat16" and self.backend not in ("cpu", "auto"):

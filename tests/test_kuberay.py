@@ -70,7 +70,7 @@ def test_serve_config_v2_serves_the_same_app(folder):
     differing = {k for k in set(local_app["args"]) | set(remote_app["args"]) if local_app["args"].get(k) != remote_app["args"].get(k)}
     # backend-specific only (buckets: the laptop's cpu forward cap vs the Neuron cluster's compiled grid;
     # dtype: the cpu backend's)
-    assert differing <= {"backend", "model", "compile_cache_dir", "torch_threads", "buckets", "dtype"}, differing
+    assert differing <= {"backend", "model", "compile_cache_dir", "compile_cache_uri", "torch_threads", "buckets", "dtype"}, differing
     assert parse_app_args(remote_app["args"]).backend in ("neuronx", "neuron")
     assert [d["name"] for d in remote_app["deployments"]] == [d["name"] for d in local_app["deployments"]]
 
@@ -81,13 +81,79 @@ def test_neuron_workers_advertise_their_cores(folder):
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    [group] = cluster["workerGroupSpecs"]
-    [container] = group["template"]["spec"]["containers"]
-    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
-    assert requests["aws.amazon.com/neuroncore"] == limits["aws.amazon.com/neuroncore"]
-    advertised = json.loads(json.loads(group["rayStartParams"]["resources"]))
-    assert advertised["neuron_cores"] == int(requests["aws.amazon.com/neuroncore"])
+    neuron_groups = [g for g in cluster["workerGroupSpecs"]
+                     if "aws.amazon.com/neuroncore" in g["template"]["spec"]["containers"][0]["resources"]["requests"]]
+    assert len(neuron_groups) == 1 and neuron_groups[0]["minReplicas"] >= 2  # one lost node leaves capacity
+    for group in neuron_groups:
+        [container] = group["template"]["spec"]["containers"]
+        requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+        assert requests["aws.amazon.com/neuroncore"] == limits["aws.amazon.com/neuroncore"]
+        advertised = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        assert advertised["neuron_cores"] == int(requests["aws.amazon.com/neuroncore"])
+    # Karpenter fills a weighted on-demand pool with room for the minimum workers before the spot-first one.
+    selector = neuron_groups[0]["template"]["spec"]["nodeSelector"]
+    pools = [d for d in documents(folder) if d["kind"] == "NodePool"
+             and d["spec"]["template"]["metadata"]["labels"].get("workload") == selector["workload"]]
+    on_demand = [p for p in pools if p["spec"].get("weight", 0) == max(q["spec"].get("weight", 0) for q in pools)]
+    [requirement] = [r for r in on_demand[0]["spec"]["template"]["spec"]["requirements"] if r["key"] == "karpenter.sh/capacity-type"]
+    assert len(pools) == 2 and len(on_demand) == 1 and requirement["values"] == ["on-demand"]
+    node_cpus = 4  # inf1.xlarge and inf2.xlarge
+    assert int(on_demand[0]["spec"]["limits"]["cpu"]) >= node_cpus * neuron_groups[0]["minReplicas"]
     model = next(d for d in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["deployments"]
                  if d["name"] == "SentimentModel")
     assert model["ray_actor_options"]["resources"]["neuron_cores"] >= 1
     assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_cluster_runs_in_ray_serve_throughput_mode(folder):
+    [service] = rayservices(folder)
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for group in groups:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_the_head_and_nodes_survive_node_churn(folder):
+    docs = documents(folder)
+    [service] = [d for d in docs if d["kind"] == "RayService"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    assert head["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    for node_class in (d for d in docs if d["kind"] == "EC2NodeClass"):
+        aliases = [t["alias"] for t in node_class["spec"]["amiSelectorTerms"]]
+        assert aliases and all(a.startswith("al2023@v") for a in aliases), aliases  # pinned, never @latest
+
+
+def test_rayjob_reads_its_data_and_config_from_absolute_places():
+    [job] = [d for d in documents("kuberay/") if d["kind"] == "RayJob"]
+    entrypoint = job["spec"]["entrypoint"].split()
+    config = entrypoint[entrypoint.index("--config") + 1]
+    assert config.startswith("/opt/app/") and (REPO / config.removeprefix("/opt/app/")).is_file()
+    overrides = dict(arg.split("=", 1) for arg in entrypoint if "=" in arg)
+    assert overrides["data.source"].startswith("s3://") and overrides["storage_path"].startswith("s3://")
+    assert job["spec"]["ttlSecondsAfterFinished"] <= 300
+
+
+def test_render_fills_in_every_example_value(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render", REPO / "kuberay" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    assert render.main(["--account", "111122223333", "--region", "eu-west-1", "--cluster", "prod-eks",
+                        "--bucket", "acme-sentiment", "--out", str(tmp_path / "out")]) == 0
+    rendered = {p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.yaml")}
+    assert rendered == {p.relative_to(REPO / "kuberay") for p in (REPO / "kuberay").rglob("*.yaml")}
+    text = "".join(p.read_text() for p in (tmp_path / "out").rglob("*.yaml"))
+    for example in render.PLACEHOLDERS:
+        if example != "al2023@v20260828":
+            assert example not in text
+    assert "s3://acme-sentiment/compile-cache" in text and "111122223333.dkr.ecr.eu-west-1.amazonaws.com" in text
+    assert "arn:aws:iam::111122223333:role/sentiment-ray" in text and "karpenter.sh/discovery: prod-eks" in text
+    assert render.main(["--account", "1234", "--region", "eu-west-1", "--cluster", "c", "--bucket", "b",
+                        "--out", str(tmp_path / "bad")]) == 2
+    result = subprocess.run(["bash", str(tool("run.sh")), str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0 and " 0 problems" in result.stdout, result.stdout + result.stderr

@@ -180,3 +180,75 @@ def test_compile_cli_writes_one_artifact_per_bucket(tiny_model_dir, tmp_path, ca
     assert main(["--backend", "jit", "--out", str(tmp_path), "--model", str(tiny_model_dir),
                  "--batch-sizes", "1,4", "--seq-lens", "16,32"]) == 0
     assert json.loads(capsys.readouterr().out)["loaded_from_cache"] == 4
+
+
+def build_shared(loaded, cache_dir, store_dir):
+    config = AppConfig(model="x", backend="neuronx", compile_cache_dir=str(cache_dir),
+                       compile_cache_uri=store_dir.as_uri(), buckets=BUCKETS)
+    return create_backend(config, loaded)
+
+
+def test_shared_store_compiles_once_per_cluster(neuronx, loaded, tmp_path):
+    """A second pod (fresh local dir) fetches every bucket from the shared store instead of compiling.
+    file:// stands in for s3:// (same pyarrow.fs code path). Does not prove: S3 credentials or throughput."""
+    store = tmp_path / "store"
+    first = build_shared(loaded, tmp_path / "pod-a", store)
+    assert first.stats.compiled == 6 and first.stats.pushed == 6
+    assert len(list(store.glob("*.pt"))) == 6 and len(list(store.glob("*.json"))) == 6
+    neuronx.calls.clear()
+    second = build_shared(loaded, tmp_path / "pod-b", store)
+    assert neuronx.calls == [] and second.stats.fetched == 6 and second.stats.loaded == 6 and second.stats.compiled == 0
+    manifest = json.loads((tmp_path / "pod-b" / "manifest.json").read_text())["entries"]
+    assert len(manifest) == 6 and all(len(e["sha256"]) == 64 for e in manifest.values())
+
+
+def test_shared_store_artifact_with_wrong_digest_is_not_loaded(neuronx, loaded, tmp_path):
+    store = tmp_path / "store"
+    build_shared(loaded, tmp_path / "pod-a", store)
+    tampered = sorted(store.glob("*.pt"))[0]
+    tampered.write_bytes(tampered.read_bytes() + b"\0")  # still a loadable zip for torch.jit.load
+    second = build_shared(loaded, tmp_path / "pod-b", store)
+    assert second.stats.fetched == 5 and second.stats.compiled == 1
+
+
+def test_unreachable_store_falls_back_to_compiling(neuronx, loaded, tmp_path):
+    store = tmp_path / "store-file"
+    store.write_text("not a directory")  # every read and write of the store fails
+    backend = build_shared(loaded, tmp_path / "pod", store)
+    assert backend.stats.compiled == 6 and backend.stats.fetched == 0 and backend.stats.pushed == 0
+
+
+def test_local_artifact_with_wrong_digest_is_recompiled(neuronx, loaded, tmp_path):
+    build(loaded, "neuronx", tmp_path)
+    artifact = sorted(tmp_path.glob("*.pt"))[0]
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    neuronx.calls.clear()
+    again = build(loaded, "neuronx", tmp_path)
+    assert again.stats.compiled == 1 and again.stats.loaded == 5
+
+
+def test_manifest_cannot_point_outside_the_cache(neuronx, loaded, tmp_path):
+    cache = tmp_path / "cache"
+    build(loaded, "neuronx", cache)
+    outside = tmp_path / "evil.pt"
+    manifest_path = cache / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    key, entry = next(iter(manifest["entries"].items()))
+    outside.write_bytes((cache / entry["file"]).read_bytes())
+    manifest["entries"][key] = {**entry, "file": "../evil.pt"}
+    manifest_path.write_text(json.dumps(manifest))
+    again = build(loaded, "neuronx", cache)
+    assert again.stats.compiled == 1 and again.stats.loaded == 5
+
+
+def test_concurrent_processes_compile_each_bucket_once(tiny_model_dir, tmp_path):
+    """Two replicas starting together on one node (two processes, one cache dir): each bucket is compiled
+    by one of them; the other waits on the bucket's file lock and loads it."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "serve_app.compile", "--backend", "jit", "--out", str(tmp_path / "cache"),
+           "--model", str(tiny_model_dir), "--batch-sizes", "1,4,8", "--seq-lens", "16,32"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert sum(r["compiled"] for r in results) == 6 and sum(r["loaded_from_cache"] for r in results) == 6
+    assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["entries"]) == 6

@@ -15,8 +15,8 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     source: str = Field(
-        description="A local directory holding <train_split>.{tsv,csv,parquet} and <eval_split>.*, "
-        "or a Hugging Face dataset id (e.g. 'nyu-mll/glue' with hub_config 'sst2'; needs a network).",
+        description="A local directory or a URI (s3://bucket/prefix) holding <train_split>.{tsv,csv,parquet} "
+        "and <eval_split>.*, or a Hugging Face dataset id (e.g. 'nyu-mll/glue' with hub_config 'sst2'; needs a network).",
     )
     hub_config: Optional[str] = Field(None, description="Dataset config name for hub datasets (e.g. 'sst2').")
     train_split: str = Field("train", description="Name of the training split (file stem or dataset split).")

@@ -1,8 +1,11 @@
-"""Reading labelled text: local TSV/CSV/Parquet splits, or a Hugging Face dataset id where a network exists."""
+"""Reading labelled text: TSV/CSV/Parquet splits in a local directory or under a URI (s3://bucket/prefix, read
+with pyarrow.fs and the pod's IRSA credentials), or a Hugging Face dataset id where a network exists."""
 
 from __future__ import annotations
 
 import csv
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,24 @@ def _find_split_file(directory: Path, split: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DataError(f"no {split}.tsv, {split}.csv or {split}.parquet in {directory}")
+
+
+def _fetch_split_file(uri: str, split: str) -> Path:
+    """Copy `<uri>/<split>.{tsv,csv,parquet}` (the first that exists) to a local temp file."""
+    import pyarrow.fs
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
+        for suffix in (".tsv", ".csv", ".parquet"):
+            remote = f"{root}/{split}{suffix}"
+            if fs.get_file_info(remote).type == pyarrow.fs.FileType.File:
+                local = Path(tempfile.mkdtemp(prefix="sentiment-data-")) / f"{split}{suffix}"
+                with fs.open_input_stream(remote) as src, open(local, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                return local
+    except (OSError, ValueError) as exc:  # pyarrow raises OSError subclasses for access and network errors
+        raise DataError(f"cannot read {uri}: {exc}") from exc
+    raise DataError(f"no {split}.tsv, {split}.csv or {split}.parquet under {uri}")
 
 
 def _rows_from_file(path: Path, text_column: str, label_column: str) -> list[Example]:
@@ -67,7 +88,9 @@ def _rows_from_hub(config: DataConfig, split: str) -> list[Example]:
 
 def load_split(config: DataConfig, split: str, limit: int | None = None) -> list[Example]:
     path = Path(config.source).expanduser()
-    if path.is_dir():
+    if "://" in config.source:
+        rows = _rows_from_file(_fetch_split_file(config.source, split), config.text_column, config.label_column)
+    elif path.is_dir():
         rows = _rows_from_file(_find_split_file(path, split), config.text_column, config.label_column)
     elif path.is_file():
         rows = _rows_from_file(path, config.text_column, config.label_column)

@@ -44,4 +44,5 @@ def create_backend(config: AppConfig, loaded: LoadedModel) -> Backend:
         make_compiler(),
         loaded.weights_sha256,
         cache_dir=config.compile_cache_dir,
+        cache_uri=config.compile_cache_uri,
     )
