@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Protocol
@@ -22,6 +23,8 @@ request_logger = logging.getLogger("serve_app.requests")
 
 #: Texts per call to the model deployment: a long list is split so several replicas can share it.
 TEXTS_PER_CALL = 32
+#: Client request ids that are used as given; anything else is replaced by a generated id.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 class ModelClient(Protocol):
@@ -47,6 +50,11 @@ def validate_texts(request: AnalyzeRequest, limits: LimitSettings) -> list[str]:
             raise InvalidInput(f"{where} is empty or only whitespace")
         if len(text) > limits.max_text_chars:
             raise TooLarge(f"{where} has {len(text)} characters; the limit is {limits.max_text_chars}")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate (valid JSON escape, not valid text): the tokenizer would fail
+                raise InvalidInput(f"{where} is not valid Unicode text: a lone surrogate at character {exc.start}") from None
     return texts
 
 
@@ -94,7 +102,8 @@ class RequestContext:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         given = header(scope, b"x-request-id")
-        request_id = given.decode("latin-1") if given else uuid.uuid4().hex[:16]
+        # A client's id is used (logs, error bodies, the echo) only when it cannot forge log fields.
+        request_id = given.decode("ascii") if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         outcome = {"status": 500, "code": "internal"}  # what the client gets if the app raises
@@ -104,6 +113,8 @@ class RequestContext:
                 if self.echo_request_id:
                     MutableHeaders(scope=message)["X-Request-Id"] = request_id
                 code = header(message, b"x-error-code")
+                if code is not None:  # internal: errors.error_response names the code for this layer only
+                    message["headers"] = [(k, v) for k, v in message["headers"] if k != b"x-error-code"]
                 outcome["status"], outcome["code"] = message["status"], code and code.decode("latin-1")
             await send(message)
 

@@ -57,8 +57,9 @@ class Coalescer(Generic[Item, Result]):
         self._running: set[asyncio.Task] = set()
 
     async def submit(self, item: Item) -> Result:
-        """Queue one item; resolves with its result (or the batch's exception). Raises QueueFull at once
-        when `max_queued` items are already waiting."""
+        """Queue one item; resolves with its result, or raises the batch's exception (or the exception the
+        handler returned in this item's place). Raises QueueFull at once when `max_queued` items are already
+        waiting."""
         if self.max_queued is not None and len(self._queue) >= self.max_queued:
             raise QueueFull(f"{len(self._queue)} requests already waiting")
         future = asyncio.get_running_loop().create_future()
@@ -119,7 +120,11 @@ class Coalescer(Generic[Item, Result]):
             released = True
             await asyncio.sleep(0)
             for (_, future), result in zip(batch, results):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):  # the handler failed this item alone
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
         finally:
             if not released:

@@ -157,7 +157,8 @@ class CoalescingClient:
     whatever it carries, and a forward of one text costs the model far more per text than a forward of
     32; paid per HTTP request, both cap throughput far below the model's. While `calls_in_flight` calls
     run, new requests queue; the next call carries all of them (serve_app/coalesce.py). Answers are
-    split back in order; a failed call fails every request in it with the same ServiceError.
+    split back in order. When a merged call fails (BackendFailure), each of its requests is sent again alone,
+    so a request that poisons the call fails by itself; overload and timeouts fail the whole call.
     """
 
     def __init__(self, inner: HandleClient, settings: CoalesceSettings = DEFAULT_COALESCE) -> None:
@@ -175,8 +176,19 @@ class CoalescingClient:
             self._coalescer = self._make_coalescer(settings)
             self.settings = settings
 
-    async def _classify_merged(self, chunks: list[list[str]]) -> list[list[Prediction]]:
-        return split_like(await self.inner.classify(merge(chunks)), chunks)
+    async def _classify_merged(self, chunks: list[list[str]]) -> list[list[Prediction] | BackendFailure]:
+        try:
+            return split_like(await self.inner.classify(merge(chunks)), chunks)
+        except BackendFailure:
+            if len(chunks) == 1:
+                raise
+        # One request's texts failed the merged call: send each request alone, so only the request that
+        # fails gets the error and every other one in the call still gets its answer.
+        results = await asyncio.gather(*(self.inner.classify(chunk) for chunk in chunks), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancellation
+        return list(results)
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
         try:

@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,15 +132,37 @@ def load_adapter_model(adapter_dir: Path):
 
 
 def fetch_remote_dir(uri: str, cache_root: str | None = None) -> Path:
-    """Copy an `s3://bucket/prefix` model directory to local disk once (credentials: IRSA / Pod Identity)."""
+    """Copy an `s3://bucket/prefix` model directory to local disk (credentials: IRSA / Pod Identity).
+
+    Cached by version: the key hashes the URI and every object's path, size and modification time, so a new
+    export under the same prefix is fetched again. Each copy goes to a temp dir that is renamed into place
+    once complete, so two replicas on one node never see (or mark complete) a half-written model.
+    """
     import pyarrow.fs
 
     cache = Path(cache_root or os.environ.get("MODEL_CACHE_DIR", "/tmp/model-cache"))
-    local = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if not (local / ".complete").exists():
-        local.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(uri, str(local))
-        (local / ".complete").write_text(uri + "\n")
+    cache.mkdir(parents=True, exist_ok=True)
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
+    listing = sorted(
+        (info.path, info.size, info.mtime_ns)
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+        if info.type == pyarrow.fs.FileType.File
+    )
+    if not listing:
+        raise ModelLoadError(f"no files under {uri}")
+    version = hashlib.sha256(json.dumps([uri, listing]).encode()).hexdigest()[:24]
+    local = cache / version
+    if local.is_dir():
+        return local
+    partial = Path(tempfile.mkdtemp(dir=cache, prefix=".partial-"))
+    try:
+        pyarrow.fs.copy_files(uri, str(partial))
+        os.rename(partial, local)  # atomic; fails if another replica finished first, and then its copy is used
+    except OSError:
+        if not local.is_dir():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return local
 
 

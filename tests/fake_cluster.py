@@ -227,3 +227,10 @@ class FakeCluster:
         except subprocess.TimeoutExpired:
             pass
         self.log.close()
+        # `ray start` records the cluster for later `ray.init()` calls to join; `ray stop` would remove it.
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        try:
+            if current.read_text().strip().endswith(f":{self.gcs_port}"):
+                current.unlink()
+        except OSError:
+            pass

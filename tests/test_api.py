@@ -135,3 +135,50 @@ def test_healthz_and_openapi():
     paths = schema.json()["paths"]
     assert "/analyze" in paths and "/healthz" in paths
     assert "AnalyzeRequest" in schema.json()["components"]["schemas"]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_lone_surrogate_is_refused_before_the_model(fast_path):
+    """A lone surrogate is a valid JSON escape but not text: the tokenizer would raise and fail every request
+    merged with it. It gets 422 here and never reaches a model call."""
+    fake = FakeClient()
+    app = create_api(fake, AppConfig(), fast_path=fast_path)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.post("/analyze", content=b'{"text": ["fine", "\\ud800 hi"]}',
+                                     headers={"content-type": "application/json"})
+
+    response = run(go())
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_input" and "text[1]" in response.json()["error"]["message"]
+    assert fake.calls == []
+    paired = run(post(fake, content=b'{"text": "\\ud83d\\ude00 good"}'))  # a surrogate *pair* is one emoji: fine
+    assert paired.status_code == 200
+
+
+def test_lone_surrogate_fails_the_real_tokenizer_it_is_kept_from(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    with pytest.raises(Exception):
+        tokenizer(["ok", "\ud800 hi"], truncation=True, max_length=16)
+
+
+@pytest.mark.parametrize("given, kept", [("trace-42.a_B", True), ("x" * 64, True), ("x" * 65, False),
+                                         ("a b status=200", False), ("", False), ("id\u00e9", False)])
+def test_request_ids_that_could_forge_log_fields_are_replaced(given, kept):
+    async def go():
+        async with make_client(FakeClient()) as client:
+            return await client.post("/analyze", json={"text": ""}, headers={"x-request-id": given.encode("utf-8")})
+
+    response = run(go())
+    echoed, in_body = response.headers["x-request-id"], response.json()["error"]["request_id"]
+    assert echoed == in_body
+    assert (echoed == given) is kept and len(echoed) <= 64
+
+
+def test_internal_error_code_header_is_not_sent():
+    for response in (run(post(FakeClient(), {"text": ""})), run(post(FakeClient(fail_with=Overloaded("busy")), {"text": "a"})),
+                     run(post(FakeClient(), {"text": "good"}))):
+        assert "x-error-code" not in response.headers, response.headers

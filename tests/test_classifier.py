@@ -40,7 +40,22 @@ def test_one_prediction_per_text_in_order(cpu_classifier):
     for batched, single in zip(predictions, singles):
         assert batched.label == single.label
         assert batched.score == pytest.approx(single.score, abs=1e-4)
-        assert batched.label in ("NEGATIVE", "POSITIVE") and 0.5 <= batched.score <= 1.0
+
+
+
+def test_predictions_are_the_models_softmax(cpu_classifier, tiny_model_dir):
+    """Label and score equal argmax and max of softmax over the Hugging Face model's own logits."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir)).eval()
+    predictions, _ = cpu_classifier.classify(TEXTS)
+    for text, prediction in zip(TEXTS, predictions):
+        with torch.no_grad():
+            probs = torch.softmax(model(**tokenizer(text, return_tensors="pt", truncation=True, max_length=128)).logits[0], -1)
+        assert prediction.label == model.config.id2label[int(probs.argmax())]
+        assert prediction.score == pytest.approx(float(probs.max()), abs=1e-4)
 
 
 def test_long_text_is_truncated_not_refused(cpu_classifier):

@@ -188,9 +188,29 @@ def test_coalescing_client_merges_texts_and_splits_answers_per_request():
 
 
 def test_coalescing_client_applies_new_settings():
-    client = CoalescingClient(FakeModel())
-    client.apply(CoalesceSettings(max_texts=8, calls_in_flight=2))
-    assert client.settings.max_texts == 8
+    """After reconfigure: calls carry at most the new max_texts, and two run at once."""
+
+    class Counting(FakeModel):
+        in_flight = most = 0
+
+        async def classify(self, texts):
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            try:
+                return await super().classify(texts)
+            finally:
+                self.in_flight -= 1
+
+    async def main():
+        model = Counting()
+        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        client.apply(CoalesceSettings(max_texts=3, calls_in_flight=2))
+        await asyncio.gather(*(client.classify([f"t{i}"]) for i in range(6)))
+        return model
+
+    model = run(main())
+    assert max(len(call) for call in model.calls) <= 3 and sum(len(call) for call in model.calls) == 6
+    assert model.most == 2
     with pytest.raises(ValueError):
         CoalesceSettings(calls_in_flight=0)
 
@@ -223,3 +243,71 @@ def test_the_next_call_starts_before_the_finished_callers_resume():
 
     events = run(main())
     assert events.index("call [1, 2]") < events.index("answered 0"), events
+
+
+class ClassifierClient:
+    """Stands in for HandleClient over the real Classifier (real tokenizer, tiny BERT): a failure inside the
+    model call becomes BackendFailure, as HandleClient maps it."""
+
+    def __init__(self, classifier) -> None:
+        self.classifier = classifier
+        self.calls: list[list[str]] = []
+
+    async def classify(self, texts: list[str]) -> list[Prediction]:
+        from serve_app.errors import BackendFailure
+
+        self.calls.append(list(texts))
+        await asyncio.sleep(0.02)  # lets the other requests queue behind the first call
+        try:
+            return self.classifier.classify(texts)[0]
+        except Exception as exc:
+            raise BackendFailure("model call failed") from exc
+
+
+def test_one_poisoned_request_fails_alone_with_the_real_tokenizer(tiny_model_dir):
+    """The real tokenizer raises on a lone surrogate (the HTTP layer refuses it with 422; here it is sent
+    past that layer, as any other text the tokenizer might reject). Every other request merged into the
+    same call still gets its answer, equal to its answer alone."""
+    from serve_app.classifier import build_classifier
+    from serve_app.config import AppConfig
+    from serve_app.errors import BackendFailure
+    from serve_app.model_source import load_classifier
+
+    classifier = build_classifier(AppConfig(model=str(tiny_model_dir)), load_classifier(str(tiny_model_dir)))
+    good = [["a fine film"], ["dull , far too long", "great"], ["ok"]]
+    poisoned = ["fine", "\ud800 broken"]
+
+    async def main():
+        model = ClassifierClient(classifier)
+        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        first = asyncio.create_task(client.classify(["warm"]))
+        await asyncio.sleep(0.005)
+        results = await asyncio.gather(*(client.classify(t) for t in [good[0], poisoned, *good[1:]]), return_exceptions=True)
+        await first
+        return model.calls, results
+
+    calls, results = run(main())
+    assert any(len(call) > 3 for call in calls)  # the requests really were merged into one call first
+    assert isinstance(results[1], BackendFailure)
+    for texts, answer in zip(good, [results[0], results[2], results[3]]):
+        alone = classifier.classify(texts)[0]
+        assert [p.label for p in answer] == [p.label for p in alone]
+        assert [p.score for p in answer] == pytest.approx([p.score for p in alone], abs=1e-4)
+
+
+def test_overload_still_fails_the_whole_call():
+    from serve_app.errors import Overloaded
+
+    class Busy(FakeModel):
+        async def classify(self, texts):
+            self.calls.append(list(texts))
+            raise Overloaded("busy")
+
+    async def main():
+        model = Busy()
+        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        results = await asyncio.gather(client.classify(["a"]), client.classify(["b"]), return_exceptions=True)
+        return model.calls, results
+
+    calls, results = run(main())
+    assert all(isinstance(r, Overloaded) for r in results) and len(calls) <= 2  # no per-request retry storm

@@ -47,3 +47,22 @@ def test_default_slot_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(model_source, "DEFAULT_ADAPTER_DIR", tmp_path)
     with pytest.raises(ModelLoadError, match="embedded default"):
         load_classifier("default")
+
+
+def test_remote_export_is_cached_by_version_and_renamed_into_place(tiny_model_dir, tmp_path):
+    """file:// stands in for s3:// (the same pyarrow.fs calls). A new export under the same URI is fetched
+    again; an unchanged one is not; no partial copy is left behind."""
+    from serve_app.model_source import fetch_remote_dir, load_classifier
+    from tests.conftest import build_tiny_model
+
+    export = tmp_path / "bucket" / "runs" / "r1" / "export" / "model"
+    shutil.copytree(tiny_model_dir, export)
+    cache = tmp_path / "cache"
+    first = fetch_remote_dir(export.as_uri(), str(cache))
+    assert fetch_remote_dir(export.as_uri(), str(cache)) == first
+    assert load_classifier(str(first)).weights_sha256 == load_classifier(str(tiny_model_dir)).weights_sha256
+    build_tiny_model(export, seed=7)  # a new export under the same prefix
+    second = fetch_remote_dir(export.as_uri(), str(cache))
+    assert second != first
+    assert load_classifier(str(second)).weights_sha256 != load_classifier(str(first)).weights_sha256
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])  # no .partial-* left

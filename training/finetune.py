@@ -66,7 +66,7 @@ def export_checkpoint(config: TrainConfig, checkpoint, out_dir: str) -> dict[str
 
     tokenizer, model = build_model(config)
     with checkpoint.as_directory() as ckpt_dir:
-        state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=False)
+        state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=True)  # tensors and plain data only: a checkpoint never runs code
     load_trainable_state(model, state["model"])
     model.eval()
     if "://" not in out_dir:

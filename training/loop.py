@@ -100,7 +100,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=False)
+            state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=True)  # tensors and plain data only: a checkpoint never runs code
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
