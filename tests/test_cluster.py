@@ -143,7 +143,7 @@ def replica_served(log_dir: Path, replica_id: str) -> bool:
 
 
 @pytest.mark.cluster
-def test_rayservice_cluster_scales_out_and_back(tmp_path):
+def test_rayservice_cluster_scales_out_and_back(tmp_path, capsys):
     doc = rayservice("inf2")
     shape = cluster_shape(doc, max_workers_cap=2, min_workers={NEURON_GROUP["inf2"]: 1, "cpu": 1}, idle_timeout_s=15)
     token = secrets.token_hex(16)
@@ -246,4 +246,5 @@ def test_rayservice_cluster_scales_out_and_back(tmp_path):
         cluster.stop()
         summary = {what: round(t, 1) for t, what in timeline.events}
         (tmp_path / "timeline.json").write_text(json.dumps(summary, indent=2))
-        print("cluster timeline:\n" + "\n".join(f"  +{t:6.1f}s  {what}" for t, what in timeline.events), flush=True)
+        with capsys.disabled():  # shown in every run's output, passed or failed
+            print("\ncluster timeline:\n" + "\n".join(f"  +{t:6.1f}s  {what}" for t, what in timeline.events), flush=True)
