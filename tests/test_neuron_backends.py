@@ -252,3 +252,10 @@ def test_concurrent_processes_compile_each_bucket_once(tiny_model_dir, tmp_path)
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert sum(r["compiled"] for r in results) == 6 and sum(r["loaded_from_cache"] for r in results) == 6
     assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["entries"]) == 6
+
+
+def test_store_that_cannot_be_opened_falls_back_to_compiling(neuronx, loaded, tmp_path):
+    config = AppConfig(model="x", backend="neuronx", compile_cache_dir=str(tmp_path / "pod"),
+                       compile_cache_uri="nosuchscheme://bucket/compile-cache", buckets=BUCKETS)
+    backend = create_backend(config, loaded)
+    assert backend.stats.compiled == 6 and backend.stats.fetched == 0

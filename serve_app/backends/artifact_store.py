@@ -39,6 +39,15 @@ class ArtifactStore:
         self.uri = uri.rstrip("/")
         self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.uri)
 
+    @classmethod
+    def open(cls, uri: str) -> "ArtifactStore | None":
+        """The store at `uri`, or None (logged) when it cannot be opened: replicas then compile locally."""
+        try:
+            return cls(uri)
+        except Exception:
+            logger.warning("compile cache %s cannot be opened; compiling locally", uri, exc_info=True)
+            return None
+
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
 

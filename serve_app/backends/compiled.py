@@ -175,7 +175,7 @@ class CompiledBackend:
         cache = CompileCache(cache_dir) if cache_dir else None
         if cache_uri and cache is None:
             raise BackendError("compile_cache_uri needs a local compile_cache_dir to fetch into")
-        store = ArtifactStore(cache_uri) if cache_uri else None
+        store = ArtifactStore.open(cache_uri) if cache_uri else None
         wrapped = logits_module(model.eval())
         for bucket in grid.all():
             self._modules[bucket] = self._load_or_compile(wrapped, bucket, cache, store, weights_sha256)
