@@ -7,9 +7,9 @@ and the manifest's own serveConfigV2 is deployed through the dashboard's Serve R
 token auth, as the KubeRay operator deploys it.
 
 Scaled to this machine (and nothing else changed): the Inferentia group starts at 1 node (2 in the manifest)
-and may add 1, the
-idle timeout is 15 s, Serve's autoscaling delays are 2 s up / 20 s down and the model's max_replicas is 4 (two
-inf2 nodes' worth), the compile cache is a temp dir and the shared store a file:// URI.
+and may add 1; the idle timeout is 5 s; Serve's autoscaling delays are 2 s up and 10 s down (the load goes on
+until a new replica has served, so Serve never takes back a replica that is still starting); the model's
+max_replicas is 4 (two inf2 nodes' worth); the compile cache is a temp dir and the shared store a file:// URI.
 
 What it does NOT prove: Neuron compilation or runtime (`torch_neuronx.trace` is torch.jit.trace from
 tests/standin, on every Ray worker's PYTHONPATH), pods, Karpenter or the Kubernetes scheduler (nodes are
@@ -37,7 +37,7 @@ from tests.fake_cluster import FakeCluster, cluster_shape, free_port, serve_conf
 
 MANIFESTS = {"inf2": REPO / "kuberay" / "10-rayservice.yaml", "inf1": REPO / "kuberay" / "inf1" / "10-rayservice.yaml"}
 NEURON_GROUP = {"inf2": "inf2", "inf1": "inf1"}
-CLIENTS = 16
+CLIENTS = 8
 THROUGHPUT_MODE = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
 
 
@@ -145,7 +145,7 @@ def replica_served(log_dir: Path, replica_id: str) -> bool:
 @pytest.mark.cluster
 def test_rayservice_cluster_scales_out_and_back(tmp_path, capsys):
     doc = rayservice("inf2")
-    shape = cluster_shape(doc, max_workers_cap=2, min_workers={NEURON_GROUP["inf2"]: 1, "cpu": 1}, idle_timeout_s=15)
+    shape = cluster_shape(doc, max_workers_cap=2, min_workers={NEURON_GROUP["inf2"]: 1, "cpu": 1}, idle_timeout_s=5)
     token = secrets.token_hex(16)
     head_port, worker_port = free_port(), free_port()
     container_env = {e["name"]: e["value"] for e in
@@ -167,7 +167,7 @@ def test_rayservice_cluster_scales_out_and_back(tmp_path, capsys):
     app["args"]["compile_cache_dir"] = str(tmp_path / "compile-cache")
     app["args"]["compile_cache_uri"] = (tmp_path / "shared-store").as_uri()
     model = model_deployment(config)
-    model["autoscaling_config"].update(max_replicas=4, upscale_delay_s=2, downscale_delay_s=20)
+    model["autoscaling_config"].update(max_replicas=4, upscale_delay_s=2, downscale_delay_s=10)
     min_replicas = model["autoscaling_config"]["min_replicas"]
     cores_per_node = shape.worker(NEURON_GROUP["inf2"]).resources["neuron_cores"]
     assert 4 > cores_per_node >= min_replicas  # the load must ask for more replicas than one node holds
