@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import yaml
 
 HEAD_NODE_TYPE = "ray.head.default"
@@ -61,7 +62,7 @@ def _advertised(params: dict) -> dict:
 
 
 def _group_resources(params: dict, template: dict) -> dict:
-    [container] = template["spec"]["containers"][:1]
+    container = template["spec"]["containers"][0]
     if "num-cpus" in params:
         cpu = float(params["num-cpus"])
     else:
@@ -189,8 +190,6 @@ class FakeCluster:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ray start exited {self.process.returncode}: {(self.workdir / 'ray-start.log').read_text()[-3000:]}")
             try:
-                import httpx
-
                 if httpx.get(f"{self.dashboard_url}/api/version", headers=self.headers, timeout=2).status_code == 200:
                     return self
             except Exception:

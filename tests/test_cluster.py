@@ -138,8 +138,8 @@ class ClusterClient:
 
 def replica_served(log_dir: Path, replica_id: str) -> bool:
     """The replica's own Serve log shows a handled classify call (Serve writes one access line per call)."""
-    return any("classify" in path.read_text(errors="replace") and " OK " in path.read_text(errors="replace")
-               for path in log_dir.glob(f"replica_sentiment_SentimentModel_{replica_id}*.log"))
+    texts = (path.read_text(errors="replace") for path in log_dir.glob(f"replica_sentiment_SentimentModel_{replica_id}*.log"))
+    return any("classify" in text and " OK " in text for text in texts)
 
 
 @pytest.mark.cluster

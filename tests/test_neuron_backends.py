@@ -1,19 +1,19 @@
 """Neuron code paths on the CPU, with an injected stand-in compiler.
 
-The stand-in modules below are registered as `torch_neuronx` / `torch_neuron` by the tests only (never
-shipped as a fallback). They implement the same `trace` call with torch.jit.trace. So these tests exercise
-our bucket planning, padding, compile cache, manifest, invalidation and core pinning on the real code path
-of the neuronx/neuron backends, but NOT the Neuron compiler (neuronx-cc / neuron-cc), its numerics (bf16
-auto-cast), the Neuron runtime, or NeuronCore placement on real inf1/inf2 hardware.
+The stand-in modules (tests/standin: `torch_neuronx` / `torch_neuron`, whose `trace` is torch.jit.trace) are
+registered under those names by these tests only (never shipped as a fallback); the `cluster` tier puts the
+same modules on its Ray workers' path. So these tests exercise our bucket planning, padding, compile cache,
+manifest, invalidation and core pinning on the real code path of the neuronx/neuron backends, but NOT the
+Neuron compiler (neuronx-cc / neuron-cc), its numerics (bf16 auto-cast), the Neuron runtime, or NeuronCore
+placement on real inf1/inf2 hardware.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
+import importlib
 import json
 import os
 import sys
-import types
 
 import pytest
 import torch
@@ -31,35 +31,31 @@ TEXTS = ["good", "a long and winding review that goes on , and on , about nothin
 
 
 class StandIn:
-    """A fake Neuron SDK module whose `trace` is torch.jit.trace; counts compilations."""
+    """A stand-in module from tests/standin, registered under its SDK name, with its compilations counted."""
 
-    def __init__(self, name: str, keyword: str) -> None:
-        self.module = types.ModuleType(name)
-        self.module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        self.module.__version__ = "standin-1.0"
+    def __init__(self, name: str, monkeypatch) -> None:
+        self.module = importlib.import_module(f"tests.standin.{name}")
         self.calls: list[tuple[int, ...]] = []
+        trace = self.module.trace
 
-        def trace(module, example=None, compiler_args=None, example_inputs=None):
-            inputs = tuple(example if example is not None else example_inputs)
-            self.calls.append(tuple(inputs[0].shape))
-            return torch.jit.trace(module, inputs, check_trace=False)
+        def counted(module, *args, **kwargs):
+            example = args[0] if args else kwargs["example_inputs"]
+            self.calls.append(tuple(example[0].shape))
+            return trace(module, *args, **kwargs)
 
-        self.module.trace = trace
+        monkeypatch.setattr(self.module, "trace", counted)
+        monkeypatch.setitem(sys.modules, name, self.module)
 
 
 @pytest.fixture
 def neuronx(monkeypatch):
-    stand_in = StandIn("torch_neuronx", "example")
-    monkeypatch.setitem(sys.modules, "torch_neuronx", stand_in.module)
     monkeypatch.delenv("NEURON_RT_VISIBLE_CORES", raising=False)
-    return stand_in
+    return StandIn("torch_neuronx", monkeypatch)
 
 
 @pytest.fixture
 def neuron_inf1(monkeypatch):
-    stand_in = StandIn("torch_neuron", "example_inputs")
-    monkeypatch.setitem(sys.modules, "torch_neuron", stand_in.module)
-    return stand_in
+    return StandIn("torch_neuron", monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -30,20 +30,24 @@ def _find_split_file(directory: Path, split: str) -> Path:
     raise DataError(f"no {split}.tsv, {split}.csv or {split}.parquet in {directory}")
 
 
-def _fetch_split_file(uri: str, split: str) -> Path:
-    """Copy `<uri>/<split>.{tsv,csv,parquet}` (the first that exists) to a local temp file."""
+def _rows_from_uri(config: DataConfig, split: str) -> list[Example]:
+    """Read `<source>/<split>.{tsv,csv,parquet}` (the first that exists) through a temp copy, removed after."""
     import pyarrow.fs
 
+    uri = config.source
     try:
         fs, root = pyarrow.fs.FileSystem.from_uri(uri.rstrip("/"))
         for suffix in (".tsv", ".csv", ".parquet"):
             remote = f"{root}/{split}{suffix}"
             if fs.get_file_info(remote).type == pyarrow.fs.FileType.File:
-                local = Path(tempfile.mkdtemp(prefix="sentiment-data-")) / f"{split}{suffix}"
-                with fs.open_input_stream(remote) as src, open(local, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                return local
+                with tempfile.TemporaryDirectory(prefix="sentiment-data-") as directory:
+                    local = Path(directory) / f"{split}{suffix}"
+                    with fs.open_input_stream(remote) as src, open(local, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    return _rows_from_file(local, config.text_column, config.label_column)
     except (OSError, ValueError) as exc:  # pyarrow raises OSError subclasses for access and network errors
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"cannot read {uri}: {exc}") from exc
     raise DataError(f"no {split}.tsv, {split}.csv or {split}.parquet under {uri}")
 
@@ -89,7 +93,7 @@ def _rows_from_hub(config: DataConfig, split: str) -> list[Example]:
 def load_split(config: DataConfig, split: str, limit: int | None = None) -> list[Example]:
     path = Path(config.source).expanduser()
     if "://" in config.source:
-        rows = _rows_from_file(_fetch_split_file(config.source, split), config.text_column, config.label_column)
+        rows = _rows_from_uri(config, split)
     elif path.is_dir():
         rows = _rows_from_file(_find_split_file(path, split), config.text_column, config.label_column)
     elif path.is_file():

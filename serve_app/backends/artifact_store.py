@@ -13,23 +13,16 @@ logged and the replica compiles locally instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 
+from serve_app.model_source import sha256_file
+
 logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ArtifactStore:
@@ -69,7 +62,7 @@ class ArtifactStore:
             with os.fdopen(fd, "wb") as out, self.fs.open_input_stream(self._path(f"{key}.pt")) as src:
                 while block := src.read(CHUNK):
                     out.write(block)
-            actual = sha256_of(tmp)
+            actual = sha256_file(tmp)
             if actual != meta.get("sha256"):
                 logger.warning("compile cache %s: %s.pt has sha256 %s, metadata says %s; ignored",
                                self.uri, key, actual, meta.get("sha256"))

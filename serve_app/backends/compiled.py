@@ -33,9 +33,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from serve_app.backends.artifact_store import ArtifactStore, sha256_of
+from serve_app.backends.artifact_store import ArtifactStore
 from serve_app.backends.base import BackendError, example_inputs, logits_module
 from serve_app.buckets import Bucket, BucketGrid
+from serve_app.model_source import sha256_file
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -114,7 +115,7 @@ class CompileCache:
         path = self.directory / name
         if not path.is_file():
             return None
-        if entry.get("sha256") != sha256_of(path):
+        if entry.get("sha256") != sha256_file(path):
             logger.warning("compile cache: %s does not match its manifest sha256; recompiling", path)
             return None
         return path
@@ -130,7 +131,7 @@ class CompileCache:
         """Move a finished artifact (compiled here, or fetched and verified) into the cache and record it in the
         manifest. Names and metadata come from this process's compiler and bucket, never from a remote file."""
         final = self.directory / f"{compiler.backend}-{bucket.name}-{key[:12]}.pt"
-        entry = {**artifact_meta(compiler, bucket, weights_sha256), "file": final.name, "sha256": sha256_of(artifact)}
+        entry = {**artifact_meta(compiler, bucket, weights_sha256), "file": final.name, "sha256": sha256_file(artifact)}
         os.replace(artifact, final)
         with self._flock("manifest"):
             manifest = self._read_manifest()
@@ -173,9 +174,8 @@ class CompiledBackend:
         self.stats = CompileStats()
         self._modules: dict[Bucket, torch.nn.Module] = {}
         cache = CompileCache(cache_dir) if cache_dir else None
-        if cache_uri and cache is None:
-            raise BackendError("compile_cache_uri needs a local compile_cache_dir to fetch into")
-        store = ArtifactStore.open(cache_uri) if cache_uri else None
+        # AppConfig refuses compile_cache_uri without compile_cache_dir (the store is fetched into the dir).
+        store = ArtifactStore.open(cache_uri) if cache_uri and cache is not None else None
         wrapped = logits_module(model.eval())
         for bucket in grid.all():
             self._modules[bucket] = self._load_or_compile(wrapped, bucket, cache, store, weights_sha256)
