@@ -37,8 +37,9 @@ class RequestObserver(Protocol):
     def record(self, status: int, code: str | None, texts: int | None) -> None: ...
 
 
-def validate_texts(request: AnalyzeRequest, limits: LimitSettings) -> list[str]:
-    """Enforce the limits pydantic's schema cannot express; raise a ServiceError naming the problem."""
+def validate_texts(request: AnalyzeRequest, limits: LimitSettings, window: int) -> list[str]:
+    """Enforce the limits pydantic's schema cannot express; raise a ServiceError naming the problem.
+    `window` is the most tokens the model reads of one text (the largest sequence bucket)."""
     texts = request.texts()
     if not texts:
         raise InvalidInput("'text' must not be an empty list")
@@ -55,6 +56,12 @@ def validate_texts(request: AnalyzeRequest, limits: LimitSettings) -> list[str]:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:  # a lone surrogate (valid JSON escape, not valid text): the tokenizer would fail
                 raise InvalidInput(f"{where} is not valid Unicode text: a lone surrogate at character {exc.start}") from None
+    tokens = sum(min(len(text), window) for text in texts)  # an upper bound: a token covers >= 1 character
+    if tokens > limits.max_request_tokens:
+        raise TooLarge(
+            f"these texts may cost up to {tokens} tokens (each text counts min(characters, {window})); the limit "
+            f"per request is {limits.max_request_tokens}: split them into several requests"
+        )
     return texts
 
 
@@ -160,6 +167,7 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
     the two). `echo_request_id=False` where the server already echoes X-Request-Id (Ray Serve's HTTP servers
     add it to every response, with the id they put in the request's headers, which this app then uses)."""
     limits = config.limits
+    window = max(config.buckets.seq_lens)
     api = IngressAPI(
         title="Sentiment analysis",
         version="1.0.0",
@@ -170,7 +178,7 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
 
     @api.post("/analyze", response_model=list[Prediction], responses=errors, summary="Classify text sentiment")
     async def analyze(body: AnalyzeRequest, request: Request) -> list[Prediction]:
-        texts = validate_texts(body, limits)
+        texts = validate_texts(body, limits, window)
         request.state.texts = len(texts)
         return await analyze_texts(client, texts, limits)
 
@@ -182,7 +190,7 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
             return JSONResponse(status_code=503, content=HealthStatus(status="unavailable").model_dump())
         return HealthStatus(status="ok", model=info.source, backend=info.backend, labels=list(info.labels))
 
-    analyze_route = FastAnalyze(api.call_fastapi, lambda request: validate_texts(request, limits),
+    analyze_route = FastAnalyze(api.call_fastapi, lambda request: validate_texts(request, limits, window),
                                 lambda texts: analyze_texts(client, texts, limits), limits.max_body_bytes, fast=fast_path)
     api.entry = RequestContext(analyze_route, observer=observer, log_requests=config.log_requests,
                                echo_request_id=echo_request_id)

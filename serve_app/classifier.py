@@ -1,5 +1,8 @@
 """The model core, free of Ray and HTTP: tokenize once, group by length into buckets, run the backend, label.
 
+Labels, the score function and the token window follow what `transformers.pipeline("sentiment-analysis")`
+derives from the model's config, so answers match the pipeline's with `truncation=True`.
+
 The Serve model deployment wraps this; tests and the benchmark call it directly.
 """
 
@@ -7,12 +10,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from serve_app.backends.base import Backend
 from serve_app.buckets import pad_to_bucket, padding_waste, plan_groups
 from serve_app.schemas import Prediction
+from serve_app.window import encode_window
+
+ScoreFunction = Literal["softmax", "sigmoid"]
+
+
+class ModelMismatch(ValueError):
+    """The configuration does not fit the model (label count, score function): a start-up error."""
+
+
+def score_function(model_config) -> ScoreFunction:
+    """What transformers.pipeline applies to the logits: sigmoid for one logit or multi-label models,
+    softmax for single-label models of several logits. Regression heads have no label to give."""
+    problem = getattr(model_config, "problem_type", None)
+    if problem == "regression":
+        raise ModelMismatch("the model is a regression head (problem_type 'regression'): it has no labels to classify into")
+    if problem == "multi_label_classification" or model_config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def token_window(grid_max: int, tokenizer, model_config) -> int:
+    """Tokens kept per text: the largest bucket, at most what the tokenizer and position embeddings allow
+    (the pipeline's `truncation=True` cuts at the tokenizer's model_max_length)."""
+    limits = [grid_max, getattr(tokenizer, "model_max_length", None), getattr(model_config, "max_position_embeddings", None)]
+    return min(int(limit) for limit in limits if limit)
 
 
 @dataclass(frozen=True)
@@ -32,25 +61,36 @@ def build_classifier(config, loaded, backend_factory=None) -> "Classifier":
     """The one way to go from an AppConfig and a LoadedModel to a ready Classifier (backend warmed up)."""
     from serve_app.backends import create_backend
 
+    labels = tuple(config.labels) if config.labels else loaded.labels
+    model_config = loaded.model.config
+    if len(labels) != model_config.num_labels:  # before any compile: a clear error, not a shape error per request
+        raise ModelMismatch(
+            f"{len(labels)} label names ({', '.join(labels)}) for a model with {model_config.num_labels} output(s): "
+            "set `labels` to one name per output, in class-id order"
+        )
+    scoring = score_function(model_config)
     backend = (backend_factory or create_backend)(config, loaded)
     backend.warm_up()
-    labels = tuple(config.labels) if config.labels else loaded.labels
-    return Classifier(loaded.tokenizer, backend, labels, config.buckets.max_waste)
+    return Classifier(loaded.tokenizer, backend, labels, config.buckets.max_waste, scoring,
+                      token_window(backend.grid.max_seq_len, loaded.tokenizer, model_config))
 
 
 class Classifier:
-    def __init__(self, tokenizer, backend: Backend, labels: tuple[str, ...], max_waste: float = 0.5) -> None:
+    def __init__(self, tokenizer, backend: Backend, labels: tuple[str, ...], max_waste: float = 0.5,
+                 scoring: ScoreFunction = "softmax", max_tokens: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.backend = backend
         self.labels = labels
         self.max_waste = max_waste
-        self.max_tokens = backend.grid.max_seq_len
+        self.scoring = scoring
+        self.max_tokens = max_tokens or backend.grid.max_seq_len
         self._filler = [tokenizer.cls_token_id, tokenizer.sep_token_id]
         self._pad_id = tokenizer.pad_token_id or 0
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, truncated to the largest bucket (as transformers.pipeline truncates)."""
-        return self.tokenizer(texts, truncation=True, max_length=self.max_tokens, padding=False)["input_ids"]
+        """Token ids per text, truncated to the window (as transformers.pipeline truncates), reading only
+        the part of a long text the window can use (serve_app/window.py)."""
+        return encode_window(self.tokenizer, texts, self.max_tokens)
 
     def classify(self, texts: list[str]) -> tuple[list[Prediction], BatchReport]:
         started = time.perf_counter()
@@ -65,7 +105,7 @@ class Classifier:
             )
             logits = self.backend.forward(input_ids, attention_mask)
             rows = logits[: len(group.indices)].float()
-            probabilities[list(group.indices)] = torch.softmax(rows, dim=-1)
+            probabilities[list(group.indices)] = torch.softmax(rows, dim=-1) if self.scoring == "softmax" else torch.sigmoid(rows)
         finished = time.perf_counter()
         scores, classes = probabilities.max(dim=-1)
         predictions = [

@@ -25,8 +25,10 @@ class BucketSettings(_Strict):
         description="Compiled batch sizes (jit/neuron backends); the largest also caps a forward on cpu.",
     )
     seq_lens: list[int] = Field(
-        default_factory=lambda: [16, 32, 64, 128],
-        description="Compiled sequence lengths in tokens; the largest is the truncation length.",
+        default_factory=lambda: [16, 32, 64, 128, 256, 512],
+        description="Compiled sequence lengths in tokens. The largest is the truncation length (capped by the "
+        "model's own window, 512 for BERT: the window transformers.pipeline truncates to); short texts still run "
+        "in short buckets.",
     )
     max_waste: float = Field(
         0.5, ge=0.0, le=1.0, description="Split a group when more than this fraction of its bucket would be padding."
@@ -45,6 +47,13 @@ class LimitSettings(_Strict):
         ge=1,
         description="Longest accepted text in characters; longer is refused with 413. Below it, texts are "
         "truncated to the model's token limit (the largest seq_len bucket), as transformers.pipeline does.",
+    )
+    max_request_tokens: int = Field(
+        65_536,
+        ge=1,
+        description="Most tokens one request may cost the model, counted before tokenizing as the sum over its "
+        "texts of min(characters, token window) (a WordPiece token covers at least one character); beyond it 413. "
+        "Bounds one request's model CPU (docs/benchmark.md: worst-case cost).",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Ingress gives up on the model after this long (504).")
 

@@ -105,6 +105,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": undecodable bytes, JSON nested past the
+            # recursion limit, integers past Python's digit limit. Malformed JSON is 422, as documented.
+            return error_response(422, "invalid_input", "request body is not valid JSON", _request_id(request))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_input")
         return error_response(exc.status_code, code, str(exc.detail), _request_id(request), headers=getattr(exc, "headers", None))
 

@@ -29,7 +29,7 @@ PACKAGED_BASE_SOURCE = "packaged:all-MiniLM-L6-v2"
 PACKAGED_BASE_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 #: The embedded default: a LoRA adapter plus classifier head trained on SST-2 (see training/MODEL_CARD.md).
 DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_model"
-#: Label names, in class-index order, used when a model does not name its labels.
+#: Label names of the sentiment models this project trains, in class-index order (adapters without labels.json).
 DEFAULT_LABELS = ("NEGATIVE", "POSITIVE")
 
 
@@ -84,11 +84,10 @@ def resolve_base(source: str) -> str:
 
 
 def _labels_from_config(config) -> tuple[str, ...]:
+    """The model's label names in class-id order, as transformers.pipeline reports them (`id2label`)."""
     id2label = getattr(config, "id2label", None) or {}
-    labels = tuple(str(id2label[i]).upper() for i in sorted(id2label)) if id2label else ()
-    if not labels or all(label.startswith("LABEL_") for label in labels):
-        return DEFAULT_LABELS
-    return labels
+    labels = tuple(str(id2label[i]) for i in sorted(id2label, key=int))
+    return labels or DEFAULT_LABELS[: config.num_labels]
 
 
 def _with_labels(model, labels: tuple[str, ...]) -> None:

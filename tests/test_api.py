@@ -81,6 +81,11 @@ def test_list_keeps_order_and_is_chunked():
         ({"text": ["a"] * 257}, None, 413, "limit is 256"),
         ({"text": "x" * 10_001}, None, 413, "limit is 10000"),
         ([1, 2], None, 422, "'text' field"),
+        # Bodies FastAPI cannot parse at all (it raises HTTP 400 for them): 422 as every malformed body.
+        (None, b'\xff\xfe{"text": "hi"}', 422, "not valid JSON"),
+        (None, b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", 422, "not valid JSON"),
+        (None, b'{"text": ' + b"1" * 5000 + b"}", 422, "not valid JSON"),
+        ({"text": ["x" * 600] * 200}, None, 413, "split them into several requests"),  # 200 x 512 tokens > 65,536
     ],
 )
 def test_bad_input_gets_4xx_json(body, content, status, fragment):

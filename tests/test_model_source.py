@@ -33,14 +33,14 @@ def test_full_directory_keeps_label_names(tiny_model_dir):
     assert len(loaded.weights_sha256) == 64
 
 
-def test_generic_label_names_fall_back_to_sentiment(tiny_model_dir, tmp_path):
+def test_label_names_are_the_configs_as_the_pipeline_reports_them(tiny_model_dir, tmp_path):
     copy = tmp_path / "generic"
     shutil.copytree(tiny_model_dir, copy)
     config = json.loads((copy / "config.json").read_text())
-    config["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}
-    config["label2id"] = {"LABEL_0": 0, "LABEL_1": 1}
+    config["id2label"] = {"1": "positive", "0": "LABEL_0"}
+    config["label2id"] = {"LABEL_0": 0, "positive": 1}
     (copy / "config.json").write_text(json.dumps(config))
-    assert load_classifier(str(copy)).labels == ("NEGATIVE", "POSITIVE")
+    assert load_classifier(str(copy)).labels == ("LABEL_0", "positive")  # verbatim, in class-id order
 
 
 def test_default_slot_missing_is_a_clear_error(monkeypatch, tmp_path):

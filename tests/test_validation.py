@@ -12,8 +12,8 @@ LIMITS = LimitSettings(max_texts_per_request=3, max_text_chars=20)
 
 
 def test_single_and_list_texts():
-    assert validate_texts(AnalyzeRequest(text="good"), LIMITS) == ["good"]
-    assert validate_texts(AnalyzeRequest(text=["a", "b"]), LIMITS) == ["a", "b"]
+    assert validate_texts(AnalyzeRequest(text="good"), LIMITS, 512) == ["good"]
+    assert validate_texts(AnalyzeRequest(text=["a", "b"]), LIMITS, 512) == ["a", "b"]
 
 
 @pytest.mark.parametrize("body", [{}, {"text": None}, {"text": 5}, {"text": ["ok", 3]}, {"text": {"a": 1}}, {"txt": "x"}])
@@ -29,12 +29,23 @@ def test_schema_rejects_bad_shapes(body):
 )
 def test_limits(text, error):
     with pytest.raises(error):
-        validate_texts(AnalyzeRequest(text=text), LIMITS)
+        validate_texts(AnalyzeRequest(text=text), LIMITS, 512)
 
 
 def test_limit_messages_name_the_problem():
     with pytest.raises(TooLarge, match=r"text\[1\]' has 21 characters; the limit is 20"):
-        validate_texts(AnalyzeRequest(text=["ok", "y" * 21]), LIMITS)
+        validate_texts(AnalyzeRequest(text=["ok", "y" * 21]), LIMITS, 512)
+
+
+def test_request_token_bound_counts_each_text_up_to_the_window():
+    """Each text counts min(characters, window): long texts cost a window, short ones their length."""
+    limits = LimitSettings(max_texts_per_request=10, max_text_chars=100, max_request_tokens=40)
+    assert validate_texts(AnalyzeRequest(text=["x" * 100] * 4), limits, 10) == ["x" * 100] * 4  # 4 x 10 = 40
+    with pytest.raises(TooLarge, match="up to 50 tokens .* limit per request is 40"):
+        validate_texts(AnalyzeRequest(text=["x" * 100] * 5), limits, 10)
+    with pytest.raises(TooLarge):
+        validate_texts(AnalyzeRequest(text=["y" * 41]), limits, 512)
+    assert validate_texts(AnalyzeRequest(text=["y" * 20, "z" * 20]), limits, 512)
 
 
 def test_app_config_rejects_unknown_keys():
