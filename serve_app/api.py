@@ -66,12 +66,17 @@ def validate_texts(request: AnalyzeRequest, limits: LimitSettings, window: int) 
 
 
 async def classify_all(client: ModelClient, texts: list[str]) -> list[Prediction]:
-    """One model call per TEXTS_PER_CALL texts (run concurrently), answers in order."""
+    """One model call per TEXTS_PER_CALL texts (run concurrently), answers in order. When one call fails,
+    the others are cancelled (not left running for an answer nobody reads) and its error is raised."""
     if len(texts) <= TEXTS_PER_CALL:
         return await client.classify(texts)
     chunks = [texts[i : i + TEXTS_PER_CALL] for i in range(0, len(texts), TEXTS_PER_CALL)]
-    results = await asyncio.gather(*(client.classify(chunk) for chunk in chunks))
-    return merge(results)
+    tasks = [asyncio.ensure_future(client.classify(chunk)) for chunk in chunks]
+    try:
+        return merge(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:  # after a failure (or our own cancellation): stop the siblings still running
+            task.cancel()
 
 
 async def analyze_texts(client: ModelClient, texts: list[str], limits: LimitSettings) -> list[Prediction]:
@@ -174,7 +179,7 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
         description="POST /analyze classifies text as POSITIVE or NEGATIVE, in transformers.pipeline's format.",
     )
     install_error_handlers(api)
-    errors = {code: {"model": ErrorResponse} for code in (413, 422, 500, 503, 504)}
+    errors = {code: {"model": ErrorResponse} for code in (413, 422, 429, 500, 503, 504)}
 
     @api.post("/analyze", response_model=list[Prediction], responses=errors, summary="Classify text sentiment")
     async def analyze(body: AnalyzeRequest, request: Request) -> list[Prediction]:

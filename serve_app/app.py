@@ -14,7 +14,9 @@ def compose_app(config: AppConfig, backend_factory=None) -> Application:
     if config.model == DEFAULT_SOURCE:
         packaged_base_dir()  # the pinned sha256 is checked before anything is deployed
     settings = config.model_dump()
-    return Ingress.bind(SentimentModel.bind(settings, backend_factory), settings)
+    # Serve's own refusals (the Ingress's max_queued_requests) answer with the status the Ingress uses.
+    ingress = Ingress.options(backpressure_config={"status_code": config.limits.overload_status, "retry_after_s": 1})
+    return ingress.bind(SentimentModel.bind(settings, backend_factory), settings)
 
 
 def build_app(args: dict) -> Application:

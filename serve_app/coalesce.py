@@ -10,6 +10,8 @@ Pure asyncio (no Ray), so it is unit-tested directly.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
@@ -32,10 +34,15 @@ def split_like(flat: Sequence[Result], groups: Sequence[Sequence[object]]) -> li
 
 
 class QueueFull(Exception):
-    """More items are waiting than `max_queued`: the caller should shed load (503), not wait."""
+    """More items are waiting than `max_queued`: the caller should shed load (429 + Retry-After), not wait."""
 
 
 class Coalescer(Generic[Item, Result]):
+    #: Weight of the newest call in the service-rate estimate (an exponential moving average).
+    RATE_WEIGHT = 0.2
+    #: Retry-After is kept within these seconds.
+    RETRY_AFTER_RANGE = (1, 60)
+
     def __init__(
         self,
         handler: Callable[[list[Item]], Awaitable[Sequence[Result]]],
@@ -50,7 +57,10 @@ class Coalescer(Generic[Item, Result]):
         self.max_size = max_size
         self.max_queued = max_queued
         self.size_of = size_of
+        self.slots = slots
         self._slots = asyncio.Semaphore(slots)
+        self._in_flight = 0  # summed size of the items in running calls
+        self._rate: float | None = None  # items per second per call slot, measured
         self._queue: deque[tuple[Item, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -61,13 +71,27 @@ class Coalescer(Generic[Item, Result]):
         handler returned in this item's place). Raises QueueFull at once when `max_queued` items are already
         waiting."""
         if self.max_queued is not None and len(self._queue) >= self.max_queued:
-            raise QueueFull(f"{len(self._queue)} requests already waiting")
+            self._drop_cancelled()  # callers that timed out or left no longer hold a place
+            if len(self._queue) >= self.max_queued:
+                raise QueueFull(f"{len(self._queue)} requests already waiting")
         future = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._arrived.set()
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._form_batches())
         return await future
+
+    def _drop_cancelled(self) -> None:
+        self._queue = deque(entry for entry in self._queue if not entry[1].done())
+
+    def retry_after_s(self) -> int:
+        """Seconds until the work queued and running now is done, at the measured service rate (1 before
+        any call finished), within RETRY_AFTER_RANGE: what a refused client should wait."""
+        low, high = self.RETRY_AFTER_RANGE
+        if not self._rate:
+            return low
+        backlog = self._in_flight + sum(self.size_of(item) for item, future in self._queue if not future.done())
+        return max(low, min(high, math.ceil(backlog / (self._rate * self.slots))))
 
     def _take_batch(self) -> list[tuple[Item, asyncio.Future]]:
         batch: list[tuple[Item, asyncio.Future]] = []
@@ -100,8 +124,15 @@ class Coalescer(Generic[Item, Result]):
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         released = False
+        size = sum(self.size_of(item) for item, _ in batch)
+        self._in_flight += size
+        started = time.monotonic()
         try:
             results = await self.handler([item for item, _ in batch])
+            elapsed = time.monotonic() - started
+            if elapsed > 0:
+                rate = size / elapsed
+                self._rate = rate if self._rate is None else self._rate + self.RATE_WEIGHT * (rate - self._rate)
             if len(results) != len(batch):
                 raise RuntimeError(f"handler returned {len(results)} results for {len(batch)} items")
         except asyncio.CancelledError:
@@ -127,5 +158,6 @@ class Coalescer(Generic[Item, Result]):
                 else:
                     future.set_result(result)
         finally:
+            self._in_flight -= size
             if not released:
                 self._slots.release()

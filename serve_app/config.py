@@ -56,6 +56,12 @@ class LimitSettings(_Strict):
         "Bounds one request's model CPU (docs/benchmark.md: worst-case cost).",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Ingress gives up on the model after this long (504).")
+    overload_status: Literal[429, 503] = Field(
+        429,
+        description="Status of a request refused because the queues are full (the Ingress's and Serve's own "
+        "max_queued_requests), with Retry-After. 429, as Hugging Face TEI answers an overloaded queue: HTTP "
+        "clients and SDKs retry 429 with back-off and read it as 'slow down', while 503 also means 'down'.",
+    )
 
     @property
     def max_body_bytes(self) -> int:
@@ -92,7 +98,8 @@ class CoalesceSettings(_Strict):
     max_queued: int = Field(
         128,
         ge=1,
-        description="Requests waiting for a call slot, at most; beyond it, 503 + Retry-After at once (bounded latency).",
+        description="Requests waiting for a call slot, at most; beyond it, 429 (limits.overload_status) + Retry-After at once "
+        "(bounded latency). Requests whose client timed out or left give their place back.",
     )
     calls_in_flight: int = Field(
         1,

@@ -35,7 +35,7 @@ PARALLEL_MIN_TEXTS = 8
     # while one runs.
     max_ongoing_requests=2 * DEFAULT_BATCH.max_batch_size,
     # Past this many calls waiting at each caller, the handle raises BackPressureError: the ingress
-    # answers 503 + Retry-After instead of queueing without bound.
+    # answers 429 (limits.overload_status) + Retry-After instead of queueing without bound.
     max_queued_requests=16,
     ray_actor_options={"num_cpus": 1},
     health_check_period_s=10,
@@ -161,9 +161,10 @@ class CoalescingClient:
     so a request that poisons the call fails by itself; overload and timeouts fail the whole call.
     """
 
-    def __init__(self, inner: HandleClient, settings: CoalesceSettings = DEFAULT_COALESCE) -> None:
+    def __init__(self, inner: HandleClient, settings: CoalesceSettings = DEFAULT_COALESCE, overload_status: int = 429) -> None:
         self.inner = inner
         self.settings = settings
+        self.overload_status = overload_status
         self._coalescer = self._make_coalescer(settings)
 
     def _make_coalescer(self, settings: CoalesceSettings) -> Coalescer:
@@ -191,10 +192,12 @@ class CoalescingClient:
         return list(results)
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
+        coalescer = self._coalescer
         try:
-            return await self._coalescer.submit(texts)
-        except QueueFull:
-            raise Overloaded("the service is at capacity; retry shortly") from None
+            return await coalescer.submit(texts)
+        except (QueueFull, Overloaded):  # this Ingress's queue, or the model deployment's, is full
+            raise Overloaded("the service is at capacity; retry after the Retry-After seconds",
+                             retry_after_s=coalescer.retry_after_s(), status_code=self.overload_status) from None
 
     async def info(self) -> ModelInfo:
         return await self.inner.info()
@@ -203,16 +206,17 @@ class CoalescingClient:
 @serve.deployment(
     name="Ingress",
     max_ongoing_requests=256,
-    # Requests beyond this many waiting at the proxy get 503 + Retry-After from Serve itself.
+    # Requests beyond this many waiting at the proxy get 429 (or 503: `limits.overload_status`, applied by
+    # serve_app.app) + Retry-After from Serve itself.
     max_queued_requests=256,
-    backpressure_config={"status_code": 503, "retry_after_s": 1},
+    backpressure_config={"status_code": 429, "retry_after_s": 1},
     ray_actor_options={"num_cpus": 0},
 )
 @serve.ingress()
 class Ingress:
     def __init__(self, model: DeploymentHandle, config: dict) -> None:
-        self.client = CoalescingClient(HandleClient(model))
         self.config = AppConfig.model_validate(config)
+        self.client = CoalescingClient(HandleClient(model), overload_status=self.config.limits.overload_status)
 
     def reconfigure(self, user_config: dict) -> None:
         self.client.apply(CoalesceSettings.model_validate(user_config or {}))

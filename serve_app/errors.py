@@ -32,8 +32,16 @@ class TooLarge(ServiceError):
 
 
 class Overloaded(ServiceError):
-    status_code, code = 503, "overloaded"
-    headers = {"Retry-After": "1"}
+    """Back-pressure: the queues are full. The status is 429 or 503 (`limits.overload_status`) and
+    Retry-After the seconds the queued work needs at the measured service rate."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1, status_code: int = 429) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class NotReady(ServiceError):

@@ -23,7 +23,9 @@ def quantize_rows(matrix: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.
     if matrix.dim() != 2 or (bits == 4 and matrix.shape[1] % 2):
         raise ValueError(f"expected a matrix with an even number of columns for int4, got {tuple(matrix.shape)}")
     levels = 2 ** (bits - 1) - 1  # 7 or 127: symmetric, zero is exact
-    scale = (matrix.abs().amax(dim=1).float() / levels).clamp(min=1e-12).half()
+    scale = (matrix.abs().amax(dim=1).float() / levels).half()
+    # A row of zeros (or of values below float16's range) has scale 0: its codes are 0 with scale 1, not 0/0.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.round(matrix.float() / scale.float()[:, None]).clamp(-levels, levels).to(torch.int8)
     if bits == 4:
         nibbles = (codes + 8).to(torch.uint8)  # 1..15

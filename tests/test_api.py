@@ -119,9 +119,10 @@ def test_unexpected_exception_is_500_fixed_message():
     assert response.status_code == 500 and "boom" not in response.text
 
 
-def test_overloaded_is_503_with_retry_after():
-    response = run(post(FakeClient(fail_with=Overloaded("busy")), {"text": "good"}))
-    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+@pytest.mark.parametrize("status", [429, 503])
+def test_overloaded_has_its_status_and_retry_after(status):
+    response = run(post(FakeClient(fail_with=Overloaded("busy", retry_after_s=7, status_code=status)), {"text": "good"}))
+    assert response.status_code == status and response.headers["retry-after"] == "7"
     assert response.json()["error"]["code"] == "overloaded"
 
 

@@ -113,6 +113,16 @@ def test_cluster_runs_in_ray_serve_throughput_mode(folder):
     for group in groups:
         env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        # A lost Ingress replica's unanswered requests are replayed on another (POST /analyze is idempotent).
+        assert "empty-response" in env["RAY_SERVE_HAPROXY_RETRY_ON"].split() and int(env["RAY_SERVE_HAPROXY_RETRIES"]) >= 1
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_an_ingress_replica_can_be_lost_without_an_outage(folder):
+    [service] = rayservices(folder)
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    [ingress] = [d for d in app["deployments"] if d["name"] == "Ingress"]
+    assert ingress["autoscaling_config"]["min_replicas"] >= 2
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
