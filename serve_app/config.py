@@ -49,7 +49,7 @@ class LimitSettings(_Strict):
         "truncated to the model's token limit (the largest seq_len bucket), as transformers.pipeline does.",
     )
     max_request_tokens: int = Field(
-        65_536,
+        32_768,
         ge=1,
         description="Most tokens one request may cost the model, counted before tokenizing as the sum over its "
         "texts of min(characters, token window) (a WordPiece token covers at least one character); beyond it 413. "

@@ -85,7 +85,7 @@ def test_list_keeps_order_and_is_chunked():
         (None, b'\xff\xfe{"text": "hi"}', 422, "not valid JSON"),
         (None, b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", 422, "not valid JSON"),
         (None, b'{"text": ' + b"1" * 5000 + b"}", 422, "not valid JSON"),
-        ({"text": ["x" * 600] * 200}, None, 413, "split them into several requests"),  # 200 x 512 tokens > 65,536
+        ({"text": ["x" * 600] * 200}, None, 413, "split them into several requests"),  # 200 x 512 tokens > 32,768
     ],
 )
 def test_bad_input_gets_4xx_json(body, content, status, fragment):
