@@ -42,7 +42,9 @@ def test_the_ceiling_runs_the_served_precision(tmp_path):
     config.write_text("applications:\n  - name: a\n    args: {quantize: int8, backend: cpu, model: x}\n")
     assert precision_args(config) == {"quantize": "int8"}
     assert describe_precision({"quantize": "int8"}) == "int8" and describe_precision({}) == "float32"
-    assert describe_precision({"dtype": "auto"}) in ("float32", "bfloat16")
+    from serve_app.backends.cpu import resolve_dtype
+
+    assert describe_precision({"dtype": "auto"}) == str(resolve_dtype("auto")).removeprefix("torch.")
     config.write_text("applications:\n  - name: a\n    import_path: m:f\n")
     assert precision_args(config) == {}
 
