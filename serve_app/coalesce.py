@@ -82,6 +82,8 @@ class Coalescer(Generic[Item, Result]):
         return await future
 
     def _drop_cancelled(self) -> None:
+        # A queued future is only ever finished by its caller giving up (cancellation); results come after
+        # `_take_batch` has taken it off the queue.
         self._queue = deque(entry for entry in self._queue if not entry[1].done())
 
     def retry_after_s(self) -> int:
