@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -50,12 +50,7 @@ class Outcome:
     result: str  # "200", another status, or an exception's name
 
 
-@dataclass
-class LoadRun:
-    outcomes: list[Outcome] = field(default_factory=list)
-
-
-async def load(url: str, clients: int, seconds: float, run: LoadRun, t0: float) -> None:
+async def load(url: str, clients: int, seconds: float, outcomes: list[Outcome], t0: float) -> None:
     deadline = t0 + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=60) as http:
@@ -66,7 +61,7 @@ async def load(url: str, clients: int, seconds: float, run: LoadRun, t0: float) 
                     result = str((await http.post(f"{url}/analyze", json=BODY)).status_code)
                 except httpx.HTTPError as exc:
                     result = type(exc).__name__
-                run.outcomes.append(Outcome(now - t0, time.monotonic() - now, result))
+                outcomes.append(Outcome(now - t0, time.monotonic() - now, result))
 
         await asyncio.gather(*(client() for _ in range(clients)))
 
@@ -109,10 +104,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def summarize(event: str, run: LoadRun, event_at: float, seconds: float, detail: dict) -> dict:
+def summarize(event: str, outcomes: list[Outcome], event_at: float, seconds: float, detail: dict) -> dict:
     per_second: collections.Counter = collections.Counter()
     failures: collections.Counter = collections.Counter()
-    for o in run.outcomes:
+    for o in outcomes:
         if o.result == "200":
             per_second[int(o.started + o.latency)] += 1
         else:
@@ -123,13 +118,18 @@ def summarize(event: str, run: LoadRun, event_at: float, seconds: float, detail:
     # (one second alone is too noisy on a shared 2-core machine).
     means = [sum(per_second[t] for t in range(s, s + 5)) / 5 for s in range(int(seconds) - 4)]
     low = [s for s in range(int(event_at), len(means)) if means[s] < 0.8 * baseline]
-    back = (low[-1] + 1 if low else int(event_at)) if not low or low[-1] + 1 < len(means) else None
-    window = [o.latency for o in run.outcomes if event_at <= o.started < event_at + 10 and o.result == "200"]
-    steady = [o.latency for o in run.outcomes if 3 <= o.started and o.started + o.latency < event_at and o.result == "200"]
+    if not low:
+        back = int(event_at)
+    elif low[-1] + 1 < len(means):
+        back = low[-1] + 1
+    else:
+        back = None  # still below at the end of the run
+    window = [o.latency for o in outcomes if event_at <= o.started < event_at + 10 and o.result == "200"]
+    steady = [o.latency for o in outcomes if 3 <= o.started and o.started + o.latency < event_at and o.result == "200"]
     return {
         "event": event,
         **detail,
-        "requests": len(run.outcomes),
+        "requests": len(outcomes),
         "failed": sum(failures.values()),
         "failures": dict(failures),
         "rps_before": round(baseline, 1),
@@ -157,16 +157,16 @@ def act(event: str, config: dict, exported: Path, workdir: Path) -> dict:
 
 
 async def one_event(event: str, args, config: dict, exported: Path, workdir: Path) -> dict:
-    run = LoadRun()
+    outcomes: list[Outcome] = []
     t0 = time.monotonic()
     before = {name: replica_pids(name) for name in ("SentimentModel", "Ingress")}
-    loader = asyncio.create_task(load(args.url, args.clients, args.seconds, run, t0))
+    loader = asyncio.create_task(load(args.url, args.clients, args.seconds, outcomes, t0))
     await asyncio.sleep(args.event_at)
     detail = await asyncio.to_thread(act, event, config, exported, workdir)
     await loader
     after = {name: replica_pids(name) for name in ("SentimentModel", "Ingress")}
     detail["replicas_replaced"] = {name: sorted(set(before[name]) - set(after[name])) != [] for name in before}
-    return summarize(event, run, args.event_at, args.seconds, detail)
+    return summarize(event, outcomes, args.event_at, args.seconds, detail)
 
 
 def main(argv: list[str] | None = None) -> int:
