@@ -20,7 +20,7 @@ from pathlib import Path
 from serve_app.config import AppConfig, LimitSettings
 
 #: SST-2 sentences make the English texts (the data set's README: ../shared/data/sst2).
-SST2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+SST2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
 
 def english(chars: int, rng: random.Random) -> str:

@@ -83,7 +83,7 @@ class Classifier:
         self.labels = labels
         self.max_waste = max_waste
         self.scoring = scoring
-        self.max_tokens = max_tokens or backend.grid.max_seq_len
+        self.max_tokens = max_tokens or token_window(backend.grid.max_seq_len, tokenizer, None)
         self._filler = [tokenizer.cls_token_id, tokenizer.sep_token_id]
         self._pad_id = tokenizer.pad_token_id or 0
 

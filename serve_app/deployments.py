@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api import create_api
 from serve_app.classifier import build_classifier
 from serve_app.coalesce import Coalescer, QueueFull, merge, split_like
-from serve_app.config import AppConfig, BatchSettings, CoalesceSettings
+from serve_app.config import AppConfig, BatchSettings, CoalesceSettings, LimitSettings
 from serve_app.errors import BackendFailure, Overloaded
 from serve_app.metrics import IngressMetrics, ModelMetrics
 from serve_app.schemas import ModelInfo, Prediction
@@ -25,6 +25,7 @@ logger = logging.getLogger("ray.serve")
 BackendFactory = Callable  # (AppConfig, LoadedModel) -> Backend
 DEFAULT_BATCH = BatchSettings()
 DEFAULT_COALESCE = CoalesceSettings()
+DEFAULT_OVERLOAD_STATUS = LimitSettings().overload_status
 #: Batches with fewer texts run on one intra-op thread (measured: docs/benchmark.md).
 PARALLEL_MIN_TEXTS = 8
 
@@ -161,7 +162,8 @@ class CoalescingClient:
     so a request that poisons the call fails by itself; overload and timeouts fail the whole call.
     """
 
-    def __init__(self, inner: HandleClient, settings: CoalesceSettings = DEFAULT_COALESCE, overload_status: int = 429) -> None:
+    def __init__(self, inner: HandleClient, settings: CoalesceSettings = DEFAULT_COALESCE,
+                 overload_status: int = DEFAULT_OVERLOAD_STATUS) -> None:
         self.inner = inner
         self.settings = settings
         self.overload_status = overload_status
@@ -209,7 +211,7 @@ class CoalescingClient:
     # Requests beyond this many waiting at the proxy get 429 (or 503: `limits.overload_status`, applied by
     # serve_app.app) + Retry-After from Serve itself.
     max_queued_requests=256,
-    backpressure_config={"status_code": 429, "retry_after_s": 1},
+    backpressure_config={"status_code": DEFAULT_OVERLOAD_STATUS, "retry_after_s": 1},
     ray_actor_options={"num_cpus": 0},
 )
 @serve.ingress()

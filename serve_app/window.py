@@ -27,12 +27,13 @@ CHARS_PER_TOKEN = 6
 
 def encode_window(tokenizer, texts: list[str], max_tokens: int, chars_per_token: int = CHARS_PER_TOKEN) -> list[list[int]]:
     """Token ids of each text, as `tokenizer(texts, truncation=True, max_length=max_tokens)` gives them."""
-    ids: list[list[int] | None] = [None] * len(texts)
     budget = max(1, max_tokens * chars_per_token)
-    pending = [i for i, text in enumerate(texts) if len(text) > budget]
     content_tokens = max_tokens - tokenizer.num_special_tokens_to_add(pair=False)
-    if content_tokens < 1 or not getattr(tokenizer, "is_fast", False):
-        pending = []  # only fast (Rust) tokenizers report word ids; the others read every text whole
+    pending = [i for i, text in enumerate(texts) if len(text) > budget]
+    # Only fast (Rust) tokenizers report word ids; with any other, or no long text, one plain call.
+    if not pending or content_tokens < 1 or not getattr(tokenizer, "is_fast", False):
+        return tokenizer(texts, truncation=True, max_length=max_tokens, padding=False)["input_ids"]
+    ids: list[list[int] | None] = [None] * len(texts)
     while pending:
         probe = tokenizer([texts[i][:budget] for i in pending], add_special_tokens=False, verbose=False)
         still = []
