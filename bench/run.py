@@ -1,12 +1,16 @@
-"""Benchmark this service against the seed article's Flask app on the same weights, in one run.
+"""Benchmark this service against the seed article's Flask app and the frameworks a user might pick instead
+(LitServe, Infinity), on the same weights, in one run.
 
-    make bench        (or: .venv/bin/python -m bench.run [--seconds 10] [--levels 1,8,32,128] [--plain])
+    make bench        (or: .venv/bin/python -m bench.run [--seconds 10] [--levels 1,8,32,128]
+                       [--servers seed,serve,litserve,infinity] [--passes 2])
 
-Starts both servers on loopback (the seed app on :5000, this service as `make serve` runs it on :8000:
-`serve run serve_config.yaml` in Ray's high-throughput mode; --plain drops that mode), loads
-them alternately with the same HTTP load generator and body at each connection count, then measures the
-in-process ceiling (the model's own batched forward, no HTTP). Prints a table and writes
-bench/results/results.json and bench/results/throughput.png.
+One server up at a time on loopback (an idle server still takes CPU): each is started, warmed up, loaded
+with wrk (the seed's body; Infinity's own /classify body) at every connection count, and stopped with
+SIGINT (as Ctrl-C; the seconds it took are reported). Two passes, the second in the opposite order; the
+table shows each server's best pass and the range over passes. `serve` is plain `serve run
+serve_config.yaml`. The peers run in their own virtualenvs (bench/peers.py, created on first use). Then
+the in-process ceiling (the model's own batched forward, no HTTP). Writes bench/results/results.json and
+bench/results/throughput.png. Every server started is stopped on every way out.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -27,36 +32,75 @@ from bench.loadgen import run_load
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"text": "I love using this product!"}
-#: Same as the Makefile's SERVE_ENV (`make serve`): Ray's high-throughput mode with the HAProxy ingress.
-FAST_SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+#: What serve_config.yaml's `controller_options` sets for Ray's high-throughput mode (the HAProxy ingress).
+THROUGHPUT_MODE = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
 
 
-def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout_s: float = 300) -> subprocess.Popen:
+def without_throughput_mode(config: str, out: Path) -> str:
+    """A copy of serve config `config` without `controller_options`: Ray's defaults (its Python proxy)."""
+    import yaml
+
+    data = yaml.safe_load((REPO / config).read_text())
+    data.pop("controller_options", None)
+    path = out / "serve_config.ray-defaults.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def start(cmd: list[str], url: str, body: dict, log: Path, env: dict | None = None,
+          timeout_s: float = 300) -> subprocess.Popen:
+    """Start a server in its own process group and wait until `body` at `url` answers 200. On any failure
+    the group is stopped before raising (nothing is left running)."""
+    # SIGINT back to its default in the child, even when this bench runs where SIGINT is ignored (in the
+    # background of a shell): `stop` sends SIGINT first, as Ctrl-C would.
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{cmd[0]} exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.post(url, json=BODY, timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop(proc)
-    raise SystemExit(f"{' '.join(cmd)} did not answer within {timeout_s} s; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
+                            env={**os.environ, **(env or {})}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    RUNNING.add(proc)
     try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{cmd[0]} exited with {proc.returncode}; see {log}")
+            try:
+                if httpx.post(url, json=body, timeout=5).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise SystemExit(f"{' '.join(cmd)} did not answer within {timeout_s} s; see {log}")
+    except BaseException:
+        stop(proc)
+        raise
+
+
+#: Servers started and not yet stopped: stopped on every way out (exceptions, Ctrl-C, SIGTERM).
+RUNNING: set[subprocess.Popen] = set()
+
+
+def stop(proc: subprocess.Popen) -> float | None:
+    """SIGINT to the server's process group, as Ctrl-C in its terminal (serve run shuts its Ray cluster
+    down), then SIGKILL to whatever of the group is left. Returns the seconds SIGINT took to end the
+    server's main process (None if it did not within 60 s)."""
+    took = None
+    try:
+        sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
+        took = time.monotonic() - sent
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    RUNNING.discard(proc)
+    return took
+
+
+def stop_all(*_) -> None:
+    for proc in list(RUNNING):
+        stop(proc)
 
 
 #: The served app's args that change what one forward costs; the ceiling runs the model as served.
@@ -150,25 +194,160 @@ def in_process_ceiling(model_dir: Path, seconds: float = 3.0, served: dict | Non
     }
 
 
-def plot(rows: list[dict], ceiling: float, path: Path) -> None:
+@dataclass(frozen=True)
+class Server:
+    """One server the bench starts, loads and stops: how to run it and what to send it."""
+
+    name: str
+    label: str
+    command: tuple[str, ...]
+    url: str
+    body: dict
+    env: tuple[tuple[str, str], ...] = ()
+
+
+SEED_PORT, SERVE_PORT, LITSERVE_PORT, INFINITY_PORT = 5000, 8000, 8011, 7997
+
+
+def define_servers(names: list[str], config: str, serve_env: dict, seed_dir: Path, precision: str,
+                   out: Path) -> list[Server]:
+    """The servers named, on the same exported weights: the seed and the peers serve `seed_dir` (the export
+    without the pooling layer the service skips); the peers in the served precision, the seed in float32
+    as the article runs it. Peers' virtualenvs are created here on first use."""
+    from bench.peers import ensure_venv
+
+    offline = (("HF_HUB_OFFLINE", "1"),)
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    peer_dtype = "bfloat16" if precision == "bfloat16" else "float32"
+    ray = offline + (("RAY_USAGE_STATS_ENABLED", "0"),)
+    defined = {
+        "seed": lambda: Server("seed", "seed Flask + pipeline (float32)",
+                               (sys.executable, "bench/seed_app.py", str(seed_dir), str(SEED_PORT)),
+                               f"http://127.0.0.1:{SEED_PORT}/analyze", BODY, offline),
+        "serve": lambda: Server("serve", f"this service: serve run {config}" + (" (+ env)" if serve_env else ""),
+                                (serve_bin, "run", config), f"http://127.0.0.1:{SERVE_PORT}/analyze", BODY,
+                                ray + tuple(serve_env.items())),
+        "serve-ray-defaults": lambda: Server(
+            "serve-ray-defaults", f"this service without controller_options (Ray's Python proxy)",
+            (serve_bin, "run", without_throughput_mode(config, out)), f"http://127.0.0.1:{SERVE_PORT}/analyze",
+            BODY, ray + tuple(serve_env.items())),
+        "litserve": lambda: Server("litserve", f"LitServe 0.2.19 (2 workers x 1 thread, batch 32, 5 ms; {peer_dtype})",
+                                   (str(ensure_venv("litserve") / "python"), "bench/litserve_app.py", str(seed_dir),
+                                    str(LITSERVE_PORT), peer_dtype),
+                                   f"http://127.0.0.1:{LITSERVE_PORT}/predict", BODY, offline),
+        "infinity": lambda: Server("infinity", f"Infinity 0.0.78 (torch engine, batch 32; {peer_dtype})",
+                                   (str(ensure_venv("infinity") / "infinity_emb"), "v2", "--model-id", str(seed_dir),
+                                    "--served-model-name", "sentiment", "--engine", "torch", "--device", "cpu",
+                                    "--batch-size", "32", "--dtype", peer_dtype, "--host", "127.0.0.1",
+                                    "--port", str(INFINITY_PORT)),
+                                   f"http://127.0.0.1:{INFINITY_PORT}/classify",
+                                   {"input": [BODY["text"]], "model": "sentiment"}, offline + (("INFINITY_ANONYMOUS_USAGE_STATS", "0"),)),
+    }
+    unknown = set(names) - set(defined)
+    if unknown:
+        raise SystemExit(f"unknown servers {sorted(unknown)}; known: {sorted(defined)}")
+    return [defined[name]() for name in names]
+
+
+def measure(server: Server, levels: list[int], seconds: float, out: Path, pass_no: int) -> list[dict]:
+    """Start one server, warm it up, load it at every level, stop it (also when anything fails)."""
+    print(f"pass {pass_no}: starting {server.name} ...", flush=True)
+    proc = start(list(server.command), server.url, server.body, out / f"{server.name}.log", dict(server.env))
+    rows = []
+    try:
+        run_load(server.url, server.body, 8, 3)  # warm-up
+        for connections in levels:
+            result = run_load(server.url, server.body, connections, seconds).as_dict()
+            result.update(server=server.name, run=pass_no)
+            rows.append(result)
+            print(f"  {server.name:11s} c={connections:<4d} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.1f} ms  "
+                  f"p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}", flush=True)
+            # Requests still queued when the load stops keep the server busy for about its p99.
+            time.sleep(min(10.0, max(1.0, result["p99_ms"] / 1000)))
+    finally:
+        took = stop(proc)
+    print(f"  {server.name}: SIGINT (Ctrl-C) ended it in " + (f"{took:.1f} s" if took is not None else "> 60 s"), flush=True)
+    for row in rows:
+        row["sigint_exit_s"] = took
+    time.sleep(2)  # let the stopped server's processes go before the next one is measured
+    return rows
+
+
+def summarize(rows: list[dict], servers: list[Server], levels: list[int]) -> dict:
+    """Per server and level: the best pass (req/s; its p50 and p99), the range over passes and the errors."""
+    summary = {}
+    for server in servers:
+        for c in levels:
+            runs = [r for r in rows if r["server"] == server.name and r["connections"] == c]
+            if not runs:
+                continue
+            best = max(runs, key=lambda r: r["rps"])
+            summary[(server.name, c)] = {
+                "rps": best["rps"], "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"],
+                "rps_range": (min(r["rps"] for r in runs), max(r["rps"] for r in runs)),
+                "p50_range": (min(r["p50_ms"] for r in runs), max(r["p50_ms"] for r in runs)),
+                "errors": sum(r["errors"] for r in runs),
+            }
+    return summary
+
+
+def render_table(summary: dict, servers: list[Server], levels: list[int]) -> str:
+    header = "| server | " + " | ".join(f"c={c} req/s (p50 ms)" for c in levels) + " | errors |"
+    lines = [header, "|---|" + "---:|" * len(levels) + "---:|"]
+    for server in servers:
+        cells, errors = [], 0
+        for c in levels:
+            cell = summary.get((server.name, c))
+            if cell is None:
+                cells.append("-")
+                continue
+            low, high = cell["rps_range"]
+            spread = f" [{low:.0f}-{high:.0f}]" if high - low >= 0.5 else ""
+            cells.append(f"{cell['rps']:.0f}{spread} ({cell['p50_ms']:.1f})")
+            errors += cell["errors"]
+        lines.append(f"| {server.label} | " + " | ".join(cells) + f" | {errors} |")
+    return "\n".join(lines)
+
+
+def render_targets(summary: dict, levels: list[int], ours: str = "serve") -> str:
+    """Issue 18's targets: >= 1.1x the best peer at 8, 32, 128; p50 at 1 <= the best peer's; seed ratio."""
+    lines = []
+    peers = sorted({name for name, _ in summary} & {"litserve", "infinity"})
+    for c in levels:
+        mine = summary.get((ours, c))
+        rivals = [(summary[(p, c)]["rps"], p) for p in peers if (p, c) in summary]
+        if not mine or not rivals:
+            continue
+        rate, peer = max(rivals)
+        line = f"c={c}: {ours} {mine['rps']:.0f} req/s = {mine['rps'] / rate:.2f}x the best peer ({peer} {rate:.0f})"
+        if c == 1:
+            p50, p50_peer = min((summary[(p, c)]["p50_ms"], p) for p in peers if (p, c) in summary)
+            line += f"; p50 {mine['p50_ms']:.1f} ms vs the best peer's {p50:.1f} ({p50_peer})"
+        if ("seed", c) in summary:
+            line += f"; {mine['rps'] / summary[('seed', c)]['rps']:.1f}x the seed"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], servers: list[Server], levels: list[int], ceiling: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, style in (("seed", "o--"), ("serve", "s-")):
-        pts = [r for r in rows if r["server"] == name]
-        label = "seed Flask app" if name == "seed" else "this service (Ray Serve)"
-        left.plot([p["connections"] for p in pts], [p["rps"] for p in pts], style, label=label)
-        right.plot([p["connections"] for p in pts], [p["p99_ms"] for p in pts], style, label=label)
+    summary = summarize(rows, servers, levels)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for server, style in zip(servers, ("o--", "s-", "d-.", "^-", "v:", "x-")):
+        pts = [(c, summary[(server.name, c)]) for c in levels if (server.name, c) in summary]
+        left.plot([c for c, _ in pts], [p["rps"] for _, p in pts], style, label=server.label)
+        right.plot([c for c, _ in pts], [p["p99_ms"] for _, p in pts], style, label=server.label)
     left.axhline(ceiling, color="grey", linestyle=":", label="in-process ceiling")
-    for axis, title in ((left, "throughput (req/s)"), (right, "p99 latency (ms)")):
+    for axis, title in ((left, "throughput, best pass (req/s)"), (right, "p99 latency, best pass (ms)")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("concurrent connections")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=7)
     right.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -178,76 +357,63 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration per level and server")
     parser.add_argument("--levels", default="1,8,32,128", help="connection counts")
+    parser.add_argument("--servers", default="seed,serve,litserve,infinity",
+                        help="servers to measure, one at a time, in this order (the second pass reverses it); "
+                             "also: serve-ray-defaults (the config without its controller_options: Ray's Python proxy)")
+    parser.add_argument("--passes", type=int, default=2, help="passes over the servers, alternating the order")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--config", default="serve_config.yaml", help="serve config to benchmark")
     parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for `serve run` (overrides the defaults)")
-    parser.add_argument("--plain", action="store_true",
-                        help="plain `serve run serve_config.yaml` (Ray's Python proxy) instead of `make serve`'s "
-                             "high-throughput mode")
+                        help="extra environment for `serve run` (the 'serve' server)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    serve_env = {**({} if args.plain else FAST_SERVE_ENV), **dict(item.split("=", 1) for item in args.serve_env)}
+    serve_env = dict(item.split("=", 1) for item in args.serve_env)
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the finally blocks below
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     model_dir = args.out / "model"
     # Always re-export: a stale directory from an earlier default model would benchmark other weights.
     subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
-
-    print("starting the seed app and the service ...", flush=True)
     seed_dir = seed_model_dir(model_dir)
-    seed = start([sys.executable, "bench/seed_app.py", str(seed_dir), "5000"], "http://127.0.0.1:5000/analyze",
-                 args.out / "seed.log", {"HF_HUB_OFFLINE": "1"})
-    serve_bin = str(Path(sys.executable).with_name("serve"))
-    ours = start([serve_bin, "run", args.config], "http://127.0.0.1:8000/analyze", args.out / "serve.log",
-                 {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", **serve_env})
-    urls = {"seed": "http://127.0.0.1:5000/analyze", "serve": "http://127.0.0.1:8000/analyze"}
-    rows = []
+    served = precision_args(REPO / args.config)
+    servers = define_servers(args.servers.split(","), args.config, serve_env, seed_dir, describe_precision(served),
+                             args.out)
+    rows: list[dict] = []
     try:
-        for name, url in urls.items():
-            run_load(url, BODY, 8, 3)  # warm-up
-        for connections in levels:
-            for name, url in urls.items():  # alternate the two at each level
-                result = run_load(url, BODY, connections, args.seconds).as_dict()
-                result["server"] = name
-                rows.append(result)
-                # Requests still queued when the load stops keep the server busy for about its p99:
-                # let them drain so the next server is not measured against the previous one's backlog.
-                time.sleep(min(10.0, max(1.0, result["p99_ms"] / 1000)))
-                print(f"  {name:5s} c={connections:<4d} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.1f} ms  "
-                      f"p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}", flush=True)
+        for pass_no in range(1, args.passes + 1):
+            for server in (servers if pass_no % 2 else servers[::-1]):
+                rows.extend(measure(server, levels, args.seconds, args.out, pass_no))
     finally:
-        stop(ours)
-        stop(seed)
-    ceiling = in_process_ceiling(model_dir, served=precision_args(REPO / args.config))
-
-    def pick(name, c):
-        return next(r for r in rows if r["server"] == name and r["connections"] == c)
-
-    lines = ["| connections | seed req/s | serve req/s | ratio | seed p50 ms | serve p50 ms | seed p99 ms | serve p99 ms | errors (seed/serve) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in levels:
-        s, o = pick("seed", c), pick("serve", c)
-        lines.append(f"| {c} | {s['rps']:.1f} | {o['rps']:.1f} | {o['rps'] / s['rps']:.2f}x | {s['p50_ms']:.1f} | "
-                     f"{o['p50_ms']:.1f} | {s['p99_ms']:.1f} | {o['p99_ms']:.1f} | {s['errors']}/{o['errors']} |")
-    best_serve = max(r["rps"] for r in rows if r["server"] == "serve")
-    lines.append("")
-    lines.append(f"in-process ceiling ({ceiling['precision']}, as served): {ceiling['sentences_per_s']:.1f} sentences/s at batch {ceiling['best_batch']} "
-                 f"(one process, {os.cpu_count()} threads: {ceiling['one_process_all_threads']:.1f}; "
-                 f"{ceiling['processes']} one-thread processes: {ceiling['one_thread_processes']:.1f}); "
-                 f"serving at saturation: {best_serve:.1f} req/s = {100 * best_serve / ceiling['sentences_per_s']:.0f}% of it")
-    table = "\n".join(lines)
-    print("\n" + table)
-    summary = {
+        stop_all()
+    ceiling = None if args.no_ceiling else in_process_ceiling(model_dir, served=served)
+    summary = summarize(rows, servers, levels)
+    table = render_table(summary, servers, levels)
+    targets = render_targets(summary, levels)
+    print(f"\nbest of {args.passes} passes, [range over passes] (p50 ms of the best pass); wrk, body {BODY}\n")
+    print(table + "\n\n" + targets)
+    if ceiling:
+        best_serve = max((r["rps"] for r in rows if r["server"] == "serve"), default=0.0)
+        print(f"\nin-process ceiling ({ceiling['precision']}, as served): {ceiling['sentences_per_s']:.1f} sentences/s "
+              f"at batch {ceiling['best_batch']} (one process, {os.cpu_count()} threads: "
+              f"{ceiling['one_process_all_threads']:.1f}; {ceiling['processes']} one-thread processes: "
+              f"{ceiling['one_thread_processes']:.1f}); serving at saturation: {best_serve:.1f} req/s = "
+              f"{100 * best_serve / ceiling['sentences_per_s']:.0f}% of it")
+    result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "serve_env": serve_env,
-        "seed_model": str(seed_dir.relative_to(REPO) if seed_dir.is_relative_to(REPO) else seed_dir), "rows": rows,
-        "ceiling": ceiling, "table_markdown": table, "load_tool": rows[0]["tool"] if rows else None,
+        "servers": [asdict(s) for s in servers], "seed_model": str(seed_dir), "rows": rows,
+        "ceiling": ceiling, "table_markdown": table, "targets": targets,
+        "load_tool": rows[0]["tool"] if rows else None,
     }
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(rows, ceiling["sentences_per_s"], args.out / "throughput.png")
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, servers, levels, ceiling["sentences_per_s"] if ceiling else float("nan"), args.out / "throughput.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'throughput.png'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        stop_all()

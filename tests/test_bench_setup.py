@@ -1,20 +1,32 @@
-"""`make serve` and the benchmark run the service the same way (tests check set-up, never timings)."""
+"""`make serve`, the README's command and the benchmark run the service the same way (tests check set-up,
+never timings)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.run import FAST_SERVE_ENV
+import yaml
+
+from bench.run import THROUGHPUT_MODE, without_throughput_mode
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_make_serve_and_bench_use_the_same_serve_environment():
+def test_plain_serve_run_is_the_fast_mode(tmp_path):
+    """serve_config.yaml carries Ray's throughput mode (controller_options, inherited by every proxy and
+    replica), so `make serve`, the README and the bench all run the plain command, with no environment."""
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve run` validates
+    env = config["controller_options"]["runtime_env"]["env_vars"]
+    assert all(env[key] == "1" for key in THROUGHPUT_MODE)
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0"  # Ctrl-C returns at once on a laptop
     makefile = (REPO / "Makefile").read_text()
-    block = makefile[makefile.index("SERVE_ENV =") : makefile.index("serve: install")]
-    for key, value in FAST_SERVE_ENV.items():
-        assert f"{key}={value}" in block, key
-    assert "$(SERVE_ENV) $(BIN)/serve run serve_config.yaml" in makefile
+    assert "\t$(BIN)/serve run serve_config.yaml\n" in makefile
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in makefile
+    stripped = yaml.safe_load(Path(without_throughput_mode("serve_config.yaml", tmp_path)).read_text())
+    assert "controller_options" not in stripped and stripped["applications"] == config["applications"]
 
 
 def test_in_process_ceiling_takes_the_better_of_both_layouts(tiny_model_dir):
