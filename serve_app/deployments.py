@@ -205,6 +205,20 @@ class CoalescingClient:
         return await self.inner.info()
 
 
+def warn_if_slow_mode(environ=os.environ) -> bool:
+    """Log, once per Ingress replica, when Ray Serve runs without its high-throughput mode (a config without
+    serve_config.yaml's `controller_options`, or `serve.run` from Python): about half the throughput on a
+    small machine (docs/benchmark.md). Returns whether it warned."""
+    if environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1":
+        return False
+    logger.warning(
+        "Ray Serve's high-throughput mode is off: requests go through Ray's Python proxy at about half the "
+        "throughput. Run `serve run serve_config.yaml` (its controller_options turn the mode on), or start Ray "
+        "with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1."
+    )
+    return True
+
+
 @serve.deployment(
     name="Ingress",
     max_ongoing_requests=256,
@@ -218,6 +232,7 @@ class CoalescingClient:
 class Ingress:
     def __init__(self, model: DeploymentHandle, config: dict) -> None:
         self.config = AppConfig.model_validate(config)
+        warn_if_slow_mode()
         self.client = CoalescingClient(HandleClient(model), overload_status=self.config.limits.overload_status)
 
     def reconfigure(self, user_config: dict) -> None:

@@ -64,6 +64,14 @@ def test_seed_request_is_positive(served):
     assert prediction["label"] == "POSITIVE" and prediction["score"] > 0.9
 
 
+def test_the_readme_command_runs_rays_throughput_mode(served):
+    """Plain `serve run serve_config.yaml` (no environment) runs the fast mode: the config's
+    controller_options reach the controller, and the Ingress does not warn about the slow mode."""
+    log = (REPO / ".pytest_serve_run.log").read_text(errors="replace")
+    assert "Throughput optimized Ray Serve enabled" in log and "Direct ingress enabled" in log
+    assert "high-throughput mode is off" not in log
+
+
 def test_clearly_negative_and_list_order(served):
     texts = ["This was a terrible waste of money, it broke after one day.", "Absolutely wonderful, I recommend it!"]
     response = httpx.post(f"{URL}/analyze", json={"text": texts}, timeout=30)

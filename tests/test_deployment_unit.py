@@ -50,3 +50,18 @@ def test_reconfigure_rejects_unknown_keys(replica):
     model, _ = replica
     with pytest.raises(Exception, match="max_batch"):
         model.reconfigure({"max_batch": 3})
+
+
+def test_the_ingress_names_the_slow_mode_and_the_fast_command(caplog):
+    """Without throughput mode (a config lacking serve_config.yaml's controller_options) the Ingress logs
+    which mode it runs in and the command for the fast one; in throughput mode it says nothing."""
+    import logging
+
+    from serve_app.deployments import warn_if_slow_mode
+
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        assert warn_if_slow_mode({}) is True
+        assert not warn_if_slow_mode({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
+    [record] = caplog.records
+    assert "high-throughput mode is off" in record.getMessage()
+    assert "serve run serve_config.yaml" in record.getMessage()
