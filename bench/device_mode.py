@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from bench.loadgen import run_load
-from bench.run import REPO, start, stop, stop_all
+from bench.run import REPO, start, stop
 
 #: Padded tokens per second of one NeuronCore (AWS: 5,308 sentences/s, batch 16 x 128 tokens, 2 cores).
 CORE_TOKENS_PER_S = 5308 / 2 * 128
@@ -108,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(min(10.0, max(1.0, result.p99_ms / 1000)))
     finally:
         stop(proc)
-        stop_all()
     print("\n| texts per request | connections | req/s | sentences/s | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|---:|---:|")
     for texts, r in rows:
         print(f"| {texts} | {r.connections} | {r.rps:.1f} | {r.rps * texts:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |")

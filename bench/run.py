@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from bench.loadgen import run_load
+from bench.report import plot, render_table, render_targets, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"text": "I love using this product!"}
@@ -98,7 +99,7 @@ def stop(proc: subprocess.Popen) -> float | None:
     return took
 
 
-def stop_all(*_) -> None:
+def stop_all() -> None:
     for proc in list(RUNNING):
         stop(proc)
 
@@ -273,86 +274,6 @@ def measure(server: Server, levels: list[int], seconds: float, out: Path, pass_n
     return rows
 
 
-def summarize(rows: list[dict], servers: list[Server], levels: list[int]) -> dict:
-    """Per server and level: the best pass (req/s; its p50 and p99), the range over passes and the errors."""
-    summary = {}
-    for server in servers:
-        for c in levels:
-            runs = [r for r in rows if r["server"] == server.name and r["connections"] == c]
-            if not runs:
-                continue
-            best = max(runs, key=lambda r: r["rps"])
-            summary[(server.name, c)] = {
-                "rps": best["rps"], "p50_ms": best["p50_ms"], "p99_ms": best["p99_ms"],
-                "rps_range": (min(r["rps"] for r in runs), max(r["rps"] for r in runs)),
-                "p50_range": (min(r["p50_ms"] for r in runs), max(r["p50_ms"] for r in runs)),
-                "errors": sum(r["errors"] for r in runs),
-            }
-    return summary
-
-
-def render_table(summary: dict, servers: list[Server], levels: list[int]) -> str:
-    header = "| server | " + " | ".join(f"c={c} req/s (p50 ms)" for c in levels) + " | errors |"
-    lines = [header, "|---|" + "---:|" * len(levels) + "---:|"]
-    for server in servers:
-        cells, errors = [], 0
-        for c in levels:
-            cell = summary.get((server.name, c))
-            if cell is None:
-                cells.append("-")
-                continue
-            low, high = cell["rps_range"]
-            spread = f" [{low:.0f}-{high:.0f}]" if high - low >= 0.5 else ""
-            cells.append(f"{cell['rps']:.0f}{spread} ({cell['p50_ms']:.1f})")
-            errors += cell["errors"]
-        lines.append(f"| {server.label} | " + " | ".join(cells) + f" | {errors} |")
-    return "\n".join(lines)
-
-
-def render_targets(summary: dict, levels: list[int], ours: str = "serve") -> str:
-    """Issue 18's targets: >= 1.1x the best peer at 8, 32, 128; p50 at 1 <= the best peer's; seed ratio."""
-    lines = []
-    peers = sorted({name for name, _ in summary} & {"litserve", "infinity"})
-    for c in levels:
-        mine = summary.get((ours, c))
-        rivals = [(summary[(p, c)]["rps"], p) for p in peers if (p, c) in summary]
-        if not mine or not rivals:
-            continue
-        rate, peer = max(rivals)
-        line = f"c={c}: {ours} {mine['rps']:.0f} req/s = {mine['rps'] / rate:.2f}x the best peer ({peer} {rate:.0f})"
-        if c == 1:
-            p50, p50_peer = min((summary[(p, c)]["p50_ms"], p) for p in peers if (p, c) in summary)
-            line += f"; p50 {mine['p50_ms']:.1f} ms vs the best peer's {p50:.1f} ({p50_peer})"
-        if ("seed", c) in summary:
-            line += f"; {mine['rps'] / summary[('seed', c)]['rps']:.1f}x the seed"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict], servers: list[Server], levels: list[int], ceiling: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarize(rows, servers, levels)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for server, style in zip(servers, ("o--", "s-", "d-.", "^-", "v:", "x-")):
-        pts = [(c, summary[(server.name, c)]) for c in levels if (server.name, c) in summary]
-        left.plot([c for c, _ in pts], [p["rps"] for _, p in pts], style, label=server.label)
-        right.plot([c for c, _ in pts], [p["p99_ms"] for _, p in pts], style, label=server.label)
-    left.axhline(ceiling, color="grey", linestyle=":", label="in-process ceiling")
-    for axis, title in ((left, "throughput, best pass (req/s)"), (right, "p99 latency, best pass (ms)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("concurrent connections")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    right.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration per level and server")
@@ -407,13 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_tool": rows[0]["tool"] if rows else None,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, servers, levels, ceiling["sentences_per_s"] if ceiling else float("nan"), args.out / "throughput.png")
+    plot(summary, servers, levels, ceiling["sentences_per_s"] if ceiling else float("nan"), args.out / "throughput.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'throughput.png'}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        stop_all()
+    sys.exit(main())
