@@ -86,7 +86,7 @@ def changed_user_config(config: dict) -> dict:
         if deployment["name"] == "Ingress":
             settings["max_queued"] = settings.get("max_queued", 128) + 1
         else:
-            settings["max_batch_size"] = settings.get("max_batch_size", 32) - 1
+            settings["max_batch_size"] = settings.get("max_batch_size", 64) + 1  # stays >= the Ingress max_texts
     return changed
 
 

@@ -49,12 +49,12 @@ def without_throughput_mode(config: str, out: Path) -> str:
 
 
 def start(cmd: list[str], url: str, body: dict, log: Path, env: dict | None = None,
-          timeout_s: float = 300) -> subprocess.Popen:
+          timeout_s: float = 300, cwd: Path = REPO) -> subprocess.Popen:
     """Start a server in its own process group and wait until `body` at `url` answers 200. On any failure
     the group is stopped before raising (nothing is left running)."""
     # SIGINT back to its default in the child, even when this bench runs where SIGINT is ignored (in the
     # background of a shell): `stop` sends SIGINT first, as Ctrl-C would.
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     RUNNING.add(proc)

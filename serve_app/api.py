@@ -13,16 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 
-from serve_app.coalesce import merge
+from serve_app.body_limit import BodyLimit, header
 from serve_app.config import AppConfig, LimitSettings
 from serve_app.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
-from serve_app.fast_path import FastAnalyze, header
 from serve_app.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
 
 request_logger = logging.getLogger("serve_app.requests")
 
-#: Texts per call to the model deployment: a long list is split so several replicas can share it.
-TEXTS_PER_CALL = 32
 #: Client request ids that are used as given; anything else is replaced by a generated id.
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -65,24 +62,10 @@ def validate_texts(request: AnalyzeRequest, limits: LimitSettings, window: int) 
     return texts
 
 
-async def classify_all(client: ModelClient, texts: list[str]) -> list[Prediction]:
-    """One model call per TEXTS_PER_CALL texts (run concurrently), answers in order. When one call fails,
-    the others are cancelled (not left running for an answer nobody reads) and its error is raised."""
-    if len(texts) <= TEXTS_PER_CALL:
-        return await client.classify(texts)
-    chunks = [texts[i : i + TEXTS_PER_CALL] for i in range(0, len(texts), TEXTS_PER_CALL)]
-    tasks = [asyncio.ensure_future(client.classify(chunk)) for chunk in chunks]
-    try:
-        return merge(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:  # after a failure (or our own cancellation): stop the siblings still running
-            task.cancel()
-
-
 async def analyze_texts(client: ModelClient, texts: list[str], limits: LimitSettings) -> list[Prediction]:
     """Classify validated texts within the request timeout (Timeout, a ServiceError, past it)."""
     try:
-        return await _with_timeout(classify_all(client, texts), limits.request_timeout_s)
+        return await _with_timeout(client.classify(texts), limits.request_timeout_s)
     except asyncio.TimeoutError:
         raise Timeout(f"the model did not answer within {limits.request_timeout_s:g} s") from None
 
@@ -97,7 +80,7 @@ async def _with_timeout(awaitable, seconds: float):
 
 class RequestContext:
     """Request id, metrics and the optional access log, as a pure ASGI middleware: the outermost layer of
-    `IngressAPI`, so the fast path and FastAPI's routes both go through it.
+    `IngressAPI`, so every request and every answer (413s from `BodyLimit` included) goes through it.
 
     (Starlette's BaseHTTPMiddleware runs each request through an extra task group and memory streams:
     measurable CPU per request on a small machine.) The endpoint leaves the text count in scope state.
@@ -151,7 +134,7 @@ class RequestContext:
 
 
 class IngressAPI(FastAPI):
-    """The service's FastAPI app, entered through `RequestContext` and, for POST /analyze, `FastAnalyze`.
+    """The service's FastAPI app, entered through `RequestContext` and `BodyLimit` (pure ASGI layers).
 
     Still a FastAPI (Ray Serve reads its docs path; tests and /docs see its routes and OpenAPI schema):
     only the ASGI entry point is put in front of FastAPI's own.
@@ -167,9 +150,8 @@ class IngressAPI(FastAPI):
 
 
 def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver | None = None,
-               fast_path: bool = True, echo_request_id: bool = True) -> IngressAPI:
-    """The Ingress's app. `fast_path=False` answers POST /analyze through FastAPI's route alone (tests compare
-    the two). `echo_request_id=False` where the server already echoes X-Request-Id (Ray Serve's HTTP servers
+               echo_request_id: bool = True) -> IngressAPI:
+    """The Ingress's app: every request is answered by FastAPI's routes. `echo_request_id=False` where the server already echoes X-Request-Id (Ray Serve's HTTP servers
     add it to every response, with the id they put in the request's headers, which this app then uses)."""
     limits = config.limits
     window = max(config.buckets.seq_lens)
@@ -195,9 +177,8 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
             return JSONResponse(status_code=503, content=HealthStatus(status="unavailable").model_dump())
         return HealthStatus(status="ok", model=info.source, backend=info.backend, labels=list(info.labels))
 
-    analyze_route = FastAnalyze(api.call_fastapi, lambda request: validate_texts(request, limits, window),
-                                lambda texts: analyze_texts(client, texts, limits), limits.max_body_bytes, fast=fast_path)
-    api.entry = RequestContext(analyze_route, observer=observer, log_requests=config.log_requests,
+    bounded = BodyLimit(api.call_fastapi, limits.max_body_bytes)
+    api.entry = RequestContext(bounded, observer=observer, log_requests=config.log_requests,
                                echo_request_id=echo_request_id)
     return api
 

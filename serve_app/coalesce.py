@@ -1,10 +1,12 @@
 """Merge concurrent requests into one call, forming each batch only when a call slot is free.
 
 `@serve.batch` forms a batch as soon as its wait timeout ends and only then waits for a free slot
-(`max_concurrent_batches`), so under load it sends many small batches one after another. Here a batch
-is taken when a slot frees up and holds everything queued by then: a lone request goes out at once,
-and under load the batch grows to whatever arrived while the previous call ran, with no timer.
-Pure asyncio (no Ray), so it is unit-tested directly.
+(`max_concurrent_batches`, ray/serve/batching.py in Ray 2.60), so under load it sends many small batches
+one after another. Here a batch is taken when a slot frees up and holds everything queued by then: a
+lone request goes out at once, and under load the batch grows to whatever arrived while the previous
+call ran. `gather_s`: while another call is still running (the service is busy, so more requests are
+on their way: the clients just answered send their next ones), a batch that is not full waits that long
+for them before it goes. Pure asyncio (no Ray), so it is unit-tested directly.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ class Coalescer(Generic[Item, Result]):
         slots: int = 1,
         size_of: Callable[[Item], int] = lambda item: 1,
         max_queued: int | None = None,
+        gather_s: float = 0.0,
     ) -> None:
         if max_size < 1 or slots < 1 or (max_queued is not None and max_queued < 1):
             raise ValueError("max_size, slots and max_queued must be >= 1")
+        if gather_s < 0:
+            raise ValueError("gather_s must be >= 0")
+        self.gather_s = gather_s
         self.handler = handler
         self.max_size = max_size
         self.max_queued = max_queued
@@ -95,16 +101,16 @@ class Coalescer(Generic[Item, Result]):
         backlog = self._in_flight + sum(self.size_of(item) for item, future in self._queue if not future.done())
         return max(low, min(high, math.ceil(backlog / (self._rate * self.slots))))
 
-    def _take_batch(self) -> list[tuple[Item, asyncio.Future]]:
+    def _take_batch(self, size: int = 0) -> list[tuple[Item, asyncio.Future]]:
+        """Queued items, in order, while they fit in `max_size` after `size` (at least one when size is 0)."""
         batch: list[tuple[Item, asyncio.Future]] = []
-        size = 0
         while self._queue:
             item, future = self._queue[0]
             if future.cancelled():  # its caller gave up (timeout, disconnect): drop it
                 self._queue.popleft()
                 continue
             item_size = self.size_of(item)
-            if batch and size + item_size > self.max_size:
+            if (batch or size) and size + item_size > self.max_size:
                 break
             self._queue.popleft()
             batch.append((item, future))
@@ -120,6 +126,11 @@ class Coalescer(Generic[Item, Result]):
                 if not batch:
                     self._arrived.clear()
                     await self._arrived.wait()
+            if self.gather_s and self._in_flight:
+                size = sum(self.size_of(item) for item, _ in batch)
+                if size < self.max_size:
+                    await asyncio.sleep(self.gather_s)
+                    batch += self._take_batch(size)
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

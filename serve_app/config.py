@@ -73,13 +73,18 @@ class LimitSettings(_Strict):
 class BatchSettings(_Strict):
     """Batching knobs, set through the model deployment's `user_config` and applied in `reconfigure()`."""
 
-    max_batch_size: int = Field(32, ge=1, description="Most requests @serve.batch gathers into one batch.")
+    max_batch_size: int = Field(
+        64,
+        ge=1,
+        description="Most texts in one batch of the model replica (@serve.batch counts the texts of the calls it "
+        "merges). Must be >= the Ingress's max_texts, the most texts one call carries.",
+    )
     batch_wait_timeout_s: float = Field(
         0.0,
         ge=0.0,
         le=1.0,
-        description="How long a batch waits to fill once its first request arrived. 0: take what is queued "
-        "(requests queue while the previous batch runs, and the ingress already merges concurrent requests).",
+        description="How long a batch waits to fill once its first call arrived. 0: take what is queued "
+        "(calls queue while the previous batch runs, and the Ingress already merges concurrent requests).",
     )
 
 
@@ -93,13 +98,22 @@ class CoalesceSettings(_Strict):
     """
 
     max_texts: int = Field(
-        64, ge=1, description="Most texts merged into one call to the model deployment (a larger request goes alone)."
+        64, ge=1, description="Most texts in one call to the model deployment: concurrent requests are merged up to "
+        "it, a longer request is cut into calls of it (which the model replicas share)."
     )
     max_queued: int = Field(
         128,
         ge=1,
         description="Requests waiting for a call slot, at most; beyond it, 429 (limits.overload_status) + Retry-After at once "
         "(bounded latency). Requests whose client timed out or left give their place back.",
+    )
+    gather_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="While another model call is running, a call that is not full waits this long for more "
+        "requests before it goes (the clients just answered are sending their next ones). A request that "
+        "finds no call running never waits. 0: every call goes as soon as a slot is free.",
     )
     calls_in_flight: int = Field(
         1,

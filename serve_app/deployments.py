@@ -32,9 +32,8 @@ PARALLEL_MIN_TEXTS = 8
 
 @serve.deployment(
     name="SentimentModel",
-    # Must be >= max_batch_size (user_config) or batches can never fill; 2x lets the next batch form
-    # while one runs.
-    max_ongoing_requests=2 * DEFAULT_BATCH.max_batch_size,
+    # Calls (each carrying the texts an Ingress merged) a replica holds: the running batch and the next.
+    max_ongoing_requests=64,
     # Past this many calls waiting at each caller, the handle raises BackPressureError: the ingress
     # answers 429 (limits.overload_status) + Retry-After instead of queueing without bound.
     max_queued_requests=16,
@@ -75,17 +74,26 @@ class SentimentModel:
         self.classify_batch.set_max_batch_size(settings.max_batch_size)
         self.classify_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s)
-    async def classify_batch(self, requests: list[tuple[float, list[str]]]) -> list[list[Prediction]]:
+    # The second and last place texts are merged (the Ingress's CoalescingClient is the first): calls that
+    # reach this replica together (from several Ingress replicas on a cluster) run as one batch of at most
+    # `max_batch_size` texts, which the classifier cuts into bucket-shaped forwards. One batch at a time:
+    # the forward thread is the replica's one core (or NeuronCore).
+    @serve.batch(
+        max_batch_size=DEFAULT_BATCH.max_batch_size,
+        batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s,
+        max_concurrent_batches=1,
+        batch_size_fn=lambda calls: sum(len(texts) for _, texts in calls),
+    )
+    async def classify_batch(self, calls: list[tuple[float, list[str]]]) -> list[list[Prediction]]:
         started = time.monotonic()
-        groups = [texts for _, texts in requests]
+        groups = [texts for _, texts in calls]
         flat = merge(groups)
-        # Off the event loop, so requests keep arriving (and the next batch forms) during the forward.
+        # Off the event loop, so calls keep arriving (and the next batch forms) during the forward.
         predictions, report = await asyncio.get_running_loop().run_in_executor(
             self._forward_thread, self._classify_on_thread, flat
         )
         try:
-            self.metrics.record(report, [started - arrived for arrived, _ in requests])
+            self.metrics.record(report, [started - arrived for arrived, _ in calls])
         except Exception:  # metrics must never fail a request
             logger.warning("recording batch metrics failed", exc_info=True)
         return split_like(predictions, groups)
@@ -152,7 +160,8 @@ class HandleClient:
 
 
 class CoalescingClient:
-    """ModelClient that merges the texts of concurrent requests into one model call.
+    """ModelClient that merges the texts of concurrent requests into one model call of at most `max_texts`
+    texts (and cuts a larger request into calls of `max_texts`, which the model replicas share).
 
     Each DeploymentHandle call costs the ingress, the router and the model replica a few ms of CPU
     whatever it carries, and a forward of one text costs the model far more per text than a forward of
@@ -171,7 +180,8 @@ class CoalescingClient:
 
     def _make_coalescer(self, settings: CoalesceSettings) -> Coalescer:
         return Coalescer(
-            self._classify_merged, settings.max_texts, settings.calls_in_flight, size_of=len, max_queued=settings.max_queued
+            self._classify_merged, settings.max_texts, settings.calls_in_flight, size_of=len, max_queued=settings.max_queued,
+            gather_s=settings.gather_ms / 1000,
         )
 
     def apply(self, settings: CoalesceSettings) -> None:
@@ -194,12 +204,22 @@ class CoalescingClient:
         return list(results)
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
-        coalescer = self._coalescer
+        """The texts' predictions, in order. A request of more than `max_texts` texts is cut into calls of
+        `max_texts` (queued together, so the model replicas share it); when one part fails, the others are
+        cancelled and its error is raised."""
+        coalescer, size = self._coalescer, self.settings.max_texts
+        tasks: list[asyncio.Future] = []
         try:
-            return await coalescer.submit(texts)
+            if len(texts) <= size:
+                return await coalescer.submit(texts)
+            tasks = [asyncio.ensure_future(coalescer.submit(texts[i : i + size])) for i in range(0, len(texts), size)]
+            return merge(await asyncio.gather(*tasks))
         except (QueueFull, Overloaded):  # this Ingress's queue, or the model deployment's, is full
             raise Overloaded("the service is at capacity; retry after the Retry-After seconds",
                              retry_after_s=coalescer.retry_after_s(), status_code=self.overload_status) from None
+        finally:
+            for task in tasks:  # after a failure (or our own cancellation): stop the parts still queued or running
+                task.cancel()
 
     async def info(self) -> ModelInfo:
         return await self.inner.info()

@@ -56,14 +56,14 @@ def test_single_text_returns_pipeline_format():
     assert response.headers["x-request-id"]
 
 
-def test_list_keeps_order_and_is_chunked():
+def test_list_keeps_order():
     fake = FakeClient()
     texts = [f"good {i}" if i % 3 == 0 else f"bad {i}" for i in range(70)]
     response = run(post(fake, {"text": texts}))
     assert response.status_code == 200
     labels = [p["label"] for p in response.json()]
     assert labels == ["POSITIVE" if i % 3 == 0 else "NEGATIVE" for i in range(70)]
-    assert [len(c) for c in fake.calls] == [32, 32, 6]
+    assert fake.calls == [texts]  # one client call: cutting into model calls is the CoalescingClient's (max_texts)
 
 
 @pytest.mark.parametrize(
@@ -143,12 +143,11 @@ def test_healthz_and_openapi():
     assert "AnalyzeRequest" in schema.json()["components"]["schemas"]
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_lone_surrogate_is_refused_before_the_model(fast_path):
+def test_lone_surrogate_is_refused_before_the_model():
     """A lone surrogate is a valid JSON escape but not text: the tokenizer would raise and fail every request
     merged with it. It gets 422 here and never reaches a model call."""
     fake = FakeClient()
-    app = create_api(fake, AppConfig(), fast_path=fast_path)
+    app = create_api(fake, AppConfig())
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

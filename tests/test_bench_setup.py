@@ -100,3 +100,11 @@ def test_the_device_mode_spends_the_published_device_time_off_the_cpu():
     logits = backend.forward(torch.ones((32, 512), dtype=torch.long), torch.ones((32, 512), dtype=torch.long))
     assert logits.shape == (32, 2)
     assert time.perf_counter() - wall >= device_seconds(32, 512) > 10 * (time.process_time() - cpu)
+
+
+def test_ab_variants_name_a_config_and_optionally_another_checkout(tmp_path):
+    from bench.ab import parse_variant
+    from bench.run import REPO
+
+    assert parse_variant("serve_config.yaml") == (REPO, "serve_config.yaml")
+    assert parse_variant(f"{tmp_path}::bench/serve_config.jit.yaml") == (tmp_path.resolve(), "bench/serve_config.jit.yaml")

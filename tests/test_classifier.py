@@ -140,3 +140,34 @@ def test_int8_quantization_replaces_linear_layers(tiny_model_dir, cpu_classifier
     predictions, _ = quantized.classify(TEXTS)
     assert len(predictions) == len(TEXTS)
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized.backend._module.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linears_compute_what_eager_linears_compute(dtype):
+    """The cpu backend reorders each Linear's weight once for oneDNN (serve_app/backends/cpu.py): same math,
+    on 2-D and 3-D inputs, with and without bias."""
+    from serve_app.backends.cpu import PackedLinear, pack_linears
+
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 8, bias=False)).to(dtype).eval()
+    packed = pack_linears(eager)
+    if not torch.backends.mkldnn.is_available():
+        assert packed is eager
+        return
+    assert [type(m) for m in packed] == [PackedLinear, torch.nn.GELU, PackedLinear]
+    assert [type(m) for m in eager] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]  # the caller's is unchanged
+    tolerance = 1e-5 if dtype is torch.float32 else 2e-2
+    with torch.inference_mode():
+        for shape in ((3, 16), (2, 5, 16)):
+            x = torch.randn(shape).to(dtype)
+            torch.testing.assert_close(packed(x), eager(x), atol=tolerance, rtol=tolerance)
+
+
+def test_cpu_backend_runs_packed_weights_in_float_precisions(tiny_model_dir):
+    from serve_app.backends.cpu import PackedLinear
+
+    for dtype in ("float32", "bfloat16"):
+        backend = classify_with(tiny_model_dir, "cpu", dtype=dtype).backend
+        kinds = {type(m) for m in backend._module.modules()}
+        packed = torch.backends.mkldnn.is_available()
+        assert (PackedLinear in kinds) == packed and (torch.nn.Linear in kinds) != packed

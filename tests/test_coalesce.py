@@ -66,6 +66,42 @@ def test_requests_arriving_while_a_call_runs_form_the_next_batch():
     assert handler.most_running == 1
 
 
+def test_gather_waits_only_while_another_call_runs():
+    """gather_s: a lone request goes at once; while a call runs, the next (not full) call waits gather_s and
+    takes what arrived meanwhile; a full one goes at once."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        handler = SlowHandler(delay_s=0.3)
+        coalescer = Coalescer(handler, max_size=4, slots=2, gather_s=0.1)
+        started = loop.time()
+        first = asyncio.create_task(coalescer.submit(0))
+        await asyncio.sleep(0.02)
+        sent_first = len(handler.batches)  # sent without waiting: nothing else was running
+        second = asyncio.create_task(coalescer.submit(1))  # slot free, a call running: gathers for 0.1 s
+        await asyncio.sleep(0.05)
+        third = asyncio.create_task(coalescer.submit(2))  # arrives within the gather window
+        await asyncio.gather(first, second, third)
+        return sent_first, handler.batches, loop.time() - started
+
+    sent_first, batches, elapsed = run(main())
+    assert sent_first == 1
+    assert batches == [[0], [1, 2]]
+
+    async def full():
+        handler = SlowHandler(delay_s=0.3)
+        coalescer = Coalescer(handler, max_size=2, slots=2, gather_s=5.0)
+        first = asyncio.create_task(coalescer.submit(0))
+        await asyncio.sleep(0.02)
+        rest = [asyncio.create_task(coalescer.submit(i)) for i in (1, 2)]  # a full batch: no gather wait
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(first, *rest)
+        return handler.batches, asyncio.get_running_loop().time() - started
+
+    batches, elapsed = run(full())
+    assert batches == [[0], [1, 2]] and elapsed < 1.0
+
+
 def test_batches_respect_max_size_by_item_size():
     async def main():
         handler = SlowHandler(delay_s=0.02)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from serve_app.api import TEXTS_PER_CALL, create_api
+from serve_app.api import create_api
 from serve_app.coalesce import Coalescer, QueueFull
 from serve_app.config import AppConfig, CoalesceSettings
 from serve_app.deployments import CoalescingClient, HandleClient
@@ -149,8 +149,10 @@ class ChunkModel:
     def __init__(self) -> None:
         self.cancelled = 0
         self.finished = 0
+        self.calls = 0
 
     async def classify(self, texts):
+        self.calls += 1
         if "poison" in texts:
             await asyncio.sleep(0.01)
             raise BackendFailure("chunk failed")
@@ -166,21 +168,46 @@ class ChunkModel:
         return ModelInfo(source="fake", backend="cpu", labels=("NEGATIVE", "POSITIVE"), buckets=1)
 
 
-def test_a_failing_chunk_of_a_long_list_cancels_its_siblings():
-    async def main():
-        model = ChunkModel()
-        app = create_api(model, AppConfig())
-        texts = ["fine"] * (3 * TEXTS_PER_CALL)
-        texts[TEXTS_PER_CALL + 1] = "poison"
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post("/analyze", json={"text": texts})
-        await asyncio.sleep(0)
-        return response, model
+def test_a_failing_part_of_a_long_list_drops_the_parts_still_queued():
+    """A request longer than max_texts goes as several calls; when one fails, the request fails at once (not
+    after its other parts' 1 s calls) and the parts still waiting for a call slot are not sent."""
 
-    response, model = run(main())
+    async def main():
+        started = asyncio.get_running_loop().time()
+        model = ChunkModel()
+        client = CoalescingClient(model, CoalesceSettings(max_texts=32, calls_in_flight=1))
+        app = create_api(client, AppConfig())
+        texts = ["fine"] * (3 * 32)
+        texts[1] = "poison"  # in the first part, which takes the one call slot
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client_:
+            response = await client_.post("/analyze", json={"text": texts})
+        elapsed = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(0.05)
+        return response, model, elapsed
+
+    response, model, elapsed = run(main())
     assert response.status_code == 500 and response.json()["error"]["code"] == "backend_failure"
-    assert model.cancelled == 2 and model.finished == 0
+    assert elapsed < 0.5 and model.calls < 3 and model.finished == 0
+
+
+def test_a_long_list_is_cut_into_calls_of_max_texts_and_answered_in_order():
+    async def main():
+        seen: list[int] = []
+
+        class Model:
+            async def classify(self, texts):
+                seen.append(len(texts))
+                await asyncio.sleep(0.01)
+                return [Prediction(label="POSITIVE", score=int(t) / 1000) for t in texts]
+
+        client = CoalescingClient(Model(), CoalesceSettings(max_texts=32, calls_in_flight=2))
+        predictions = await client.classify([str(i) for i in range(70)])
+        return seen, predictions
+
+    seen, predictions = run(main())
+    assert sorted(seen) == [6, 32, 32]
+    assert [round(p.score * 1000) for p in predictions] == list(range(70))
 
 
 def test_reconfigure_with_requests_queued_answers_every_one():

@@ -99,10 +99,11 @@ def test_neuron_workers_advertise_their_cores(folder):
     assert len(pools) == 2 and len(on_demand) == 1 and requirement["values"] == ["on-demand"]
     node_cpus = 4  # inf1.xlarge and inf2.xlarge
     assert int(on_demand[0]["spec"]["limits"]["cpu"]) >= node_cpus * neuron_groups[0]["minReplicas"]
-    model = next(d for d in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["deployments"]
-                 if d["name"] == "SentimentModel")
+    deployments = {d["name"]: d for d in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["deployments"]}
+    model = deployments["SentimentModel"]
     assert model["ray_actor_options"]["resources"]["neuron_cores"] >= 1
-    assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
+    # @serve.batch refuses a call with more texts than its max_batch_size: every Ingress call must fit.
+    assert model["user_config"]["max_batch_size"] >= deployments["Ingress"]["user_config"]["max_texts"]
 
 
 @pytest.mark.parametrize("folder", FOLDERS)

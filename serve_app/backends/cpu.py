@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 from pathlib import Path
 
@@ -48,6 +49,40 @@ def resolve_precision(quantize: str, dtype: str) -> str:
     return "int8" if quantize == "int8" else _dtype_name(dtype)
 
 
+class PackedLinear(torch.nn.Module):
+    """nn.Linear with its weight reordered once, at load, into oneDNN's blocked layout.
+
+    Eager torch reorders a float weight for oneDNN on every call: at the small batches a replica runs
+    under light load that reorder is most of a forward (one seed sentence 8.9 -> 6.5 ms in bfloat16 on
+    one thread here; 32 sentences 58 -> 49 ms). The same ops torch.compile's CPU freezing emits
+    (`mkldnn._reorder_linear_weight`, `mkldnn._linear_pointwise`), without its minute of compiling.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+def pack_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with every nn.Linear replaced by a PackedLinear. The module tree is copied (its other
+    tensors shared, not copied), so the caller's model is left as it was. Where torch has no oneDNN,
+    `module` itself is returned (it then runs as eager torch)."""
+    if not torch.backends.mkldnn.is_available():
+        return module
+    shared = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    packed = copy.deepcopy(module, shared)
+    for parent in list(packed.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, PackedLinear(child))
+    return packed
+
+
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per batch)."""
     from torch.ao.quantization import quantize_dynamic
@@ -65,8 +100,8 @@ class CpuBackend:
         precision = resolve_precision(quantize, dtype)
         if precision == "int8":
             module = quantize_int8(module)
-        elif precision != "float32":
-            module = module.to(DTYPES[precision])
+        else:
+            module = pack_linears(module.to(DTYPES[precision]))
         self._module = module.eval()
         self.name = {"float32": "cpu", "bfloat16": "cpu-bf16", "int8": "cpu-int8"}[precision]
         self.grid = grid

@@ -1,0 +1,91 @@
+"""A/B of serving variants through `serve run`, alternating, several rounds: the evidence for a setting.
+
+    python -m bench.ab serve_config.yaml other.yaml [--rounds 3] [--levels 8,32,128] [--seconds 8]
+    python -m bench.ab serve_config.yaml /path/to/other/checkout::serve_config.yaml
+
+Each variant is a serve config, or `DIR::CONFIG` to run another checkout's code (cwd and PYTHONPATH DIR),
+e.g. a `git worktree` of the commit before a change. One server up at a time; each round runs every
+variant (started, warmed up, loaded at each level with the seed's body, stopped), the order reversed on
+every other round, so a slow spell of this shared machine does not land on one variant only. Prints the
+median and range of req/s (and median p50) per variant and level, and each variant's median over the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.loadgen import run_load
+from bench.run import BODY, REPO, SERVE_PORT, start, stop, stop_all
+
+URL = f"http://127.0.0.1:{SERVE_PORT}/analyze"
+
+
+def parse_variant(spec: str) -> tuple[Path, str]:
+    """`CONFIG` (this checkout) or `DIR::CONFIG` (CONFIG relative to DIR)."""
+    code, _, config = spec.rpartition("::")
+    return (Path(code).resolve() if code else REPO), config
+
+
+def run_variant(spec: str, levels: list[int], seconds: float, log: Path) -> dict[int, tuple[float, float]]:
+    """{connections: (req/s, p50 ms)} for one start of one variant; raises if any request failed."""
+    code, config = parse_variant(spec)
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    env = {"PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = start([serve_bin, "run", config], URL, BODY, log, env, cwd=code)
+    try:
+        run_load(URL, BODY, 8, 3)  # warm-up
+        results = {}
+        for connections in levels:
+            result = run_load(URL, BODY, connections, seconds)
+            if result.errors:
+                raise SystemExit(f"{spec}: {result.errors} failed requests at {connections} connections; see {log}")
+            results[connections] = (result.rps, result.p50_ms)
+            time.sleep(1)
+        return results
+    finally:
+        stop(proc)
+        time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="serve configs (or DIR::CONFIG); the first is the baseline")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--levels", default="8,32,128")
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    levels = [int(level) for level in args.levels.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[int, tuple[float, float]]]] = {spec: [] for spec in args.variants}
+    try:
+        for round_no in range(1, args.rounds + 1):
+            order = args.variants if round_no % 2 else list(reversed(args.variants))
+            for spec in order:
+                results = run_variant(spec, levels, args.seconds, args.out / "ab.log")
+                runs[spec].append(results)
+                print(f"round {round_no} {spec}: " + "  ".join(f"c={c} {rps:.0f} req/s ({p50:.1f} ms)"
+                                                             for c, (rps, p50) in results.items()), flush=True)
+    finally:
+        stop_all()
+    print(f"\n{args.rounds} rounds, alternating order: median req/s [range] (median p50 ms); x = median / the first's\n")
+    print("| variant | " + " | ".join(f"c={c}" for c in levels) + " |")
+    print("|---|" + "---:|" * len(levels))
+    base = {c: statistics.median(r[c][0] for r in runs[args.variants[0]]) for c in levels}
+    for spec, results in runs.items():
+        cells = []
+        for c in levels:
+            rates = [r[c][0] for r in results]
+            median = statistics.median(rates)
+            cells.append(f"{median:.0f} [{min(rates):.0f}-{max(rates):.0f}] ({statistics.median(r[c][1] for r in results):.1f}) "
+                         f"{median / base[c]:.2f}x")
+        print(f"| {spec} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
