@@ -191,19 +191,25 @@ def test_a_failing_part_of_a_long_list_drops_the_parts_still_queued():
     assert elapsed < 0.5 and model.calls < 3 and model.finished == 0
 
 
+class RecordingModel:
+    """A model client that records each call's texts and answers after `delay_s`, scoring with `score`."""
+
+    def __init__(self, delay_s: float, score) -> None:
+        self.delay_s, self.score = delay_s, score
+        self.calls: list[list[str]] = []
+
+    async def classify(self, texts):
+        self.calls.append(list(texts))
+        await asyncio.sleep(self.delay_s)
+        return [Prediction(label="POSITIVE", score=self.score(t)) for t in texts]
+
+
 def test_a_long_list_is_cut_into_calls_of_max_texts_and_answered_in_order():
     async def main():
-        seen: list[int] = []
-
-        class Model:
-            async def classify(self, texts):
-                seen.append(len(texts))
-                await asyncio.sleep(0.01)
-                return [Prediction(label="POSITIVE", score=int(t) / 1000) for t in texts]
-
-        client = CoalescingClient(Model(), CoalesceSettings(max_texts=32, calls_in_flight=2))
+        model = RecordingModel(0.01, lambda text: int(text) / 1000)
+        client = CoalescingClient(model, CoalesceSettings(max_texts=32, calls_in_flight=2))
         predictions = await client.classify([str(i) for i in range(70)])
-        return seen, predictions
+        return [len(call) for call in model.calls], predictions
 
     seen, predictions = run(main())
     assert sorted(seen) == [6, 32, 32]
@@ -214,15 +220,9 @@ def test_reconfigure_with_requests_queued_answers_every_one():
     """Requests queued in the old coalescer when new settings arrive are answered; new ones use the new settings."""
 
     async def main():
-        calls: list[list[str]] = []
-
-        class Model:
-            async def classify(self, texts):
-                calls.append(list(texts))
-                await asyncio.sleep(0.05)
-                return [Prediction(label="POSITIVE", score=len(t) / 100) for t in texts]
-
-        client = CoalescingClient(Model(), CoalesceSettings(max_texts=64, calls_in_flight=1))
+        model = RecordingModel(0.05, lambda text: len(text) / 100)
+        calls = model.calls
+        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
         before = [asyncio.create_task(client.classify([f"old-{i}"])) for i in range(6)]
         await asyncio.sleep(0.01)  # one call running, five queued
         client.apply(CoalesceSettings(max_texts=2, calls_in_flight=1))
