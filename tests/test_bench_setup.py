@@ -108,3 +108,28 @@ def test_ab_variants_name_a_config_and_optionally_another_checkout(tmp_path):
 
     assert parse_variant("serve_config.yaml") == (REPO, "serve_config.yaml")
     assert parse_variant(f"{tmp_path}::bench/serve_config.jit.yaml") == (tmp_path.resolve(), "bench/serve_config.jit.yaml")
+
+
+def test_only_orphaned_haproxy_from_this_prefix_is_stopped(tmp_path):
+    """bench.run.stop_orphaned_haproxy: a haproxy (here a copy of `sleep` named so) whose parent is gone is
+    killed; one whose parent lives, or from another prefix, is left alone."""
+    import shutil
+    import subprocess
+    import time
+
+    from bench.run import stop_orphaned_haproxy
+
+    fake = tmp_path / "venv" / "bin" / "haproxy"
+    fake.parent.mkdir(parents=True)
+    shutil.copy(shutil.which("sleep"), fake)
+    parented = subprocess.Popen([str(fake), "60"])
+    orphan = int(subprocess.run(f"'{fake}' 60 >/dev/null 2>&1 & echo $!", shell=True, capture_output=True,
+                                text=True).stdout)
+    try:
+        time.sleep(0.2)  # the shell has exited: the orphan's parent is now PID 1
+        assert stop_orphaned_haproxy(tmp_path / "elsewhere") == []
+        assert stop_orphaned_haproxy(tmp_path / "venv") == [orphan]
+        assert parented.poll() is None
+    finally:
+        parented.kill()
+        parented.wait()

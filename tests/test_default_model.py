@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -49,11 +48,9 @@ def served():
         print(f"time from `serve run` to first answer: {time.monotonic() - started:.1f} s")
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        from bench.run import stop
+
+        stop(proc)  # SIGINT as Ctrl-C, then whatever is left of it, a stray HAProxy included
         log.close()
 
 
