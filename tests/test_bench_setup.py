@@ -127,8 +127,8 @@ def test_only_orphaned_haproxy_from_this_prefix_is_stopped(tmp_path):
                                 text=True).stdout)
     try:
         time.sleep(0.2)  # the shell has exited: the orphan's parent is now PID 1
-        assert stop_orphaned_haproxy(tmp_path / "elsewhere") == []
-        assert stop_orphaned_haproxy(tmp_path / "venv") == [orphan]
+        assert stop_orphaned_haproxy(tmp_path / "elsewhere", wait_s=0) == []
+        assert stop_orphaned_haproxy(tmp_path / "venv", wait_s=1) == [orphan]  # waits out the parented one
         assert parented.poll() is None
     finally:
         parented.kill()
