@@ -7,6 +7,10 @@ arrived (or at once, from its Content-Length), and the rest is never read. Every
 to FastAPI unchanged, whose route does all the parsing, validation and answering: there is one request
 path. (An earlier bypass that answered valid bodies without FastAPI's route saved ~0.2 ms of Ingress CPU
 a request, within the benchmark's run-to-run spread: docs/benchmark.md, "Settings and their evidence".)
+
+Why not FastAPI's own `max_body_size` (FastAPI >= 0.164, on Starlette's RequestBodyLimitMiddleware): that
+release needs Python >= 3.11, and the inf1 image runs Python 3.10 (torch-neuron, docker/Dockerfile.inf1),
+where FastAPI has no body limit. Once inf1 is dropped, `FastAPI(max_body_size=...)` replaces this file.
 """
 
 from __future__ import annotations
