@@ -1,5 +1,5 @@
-"""bench.run's report: each server's best pass per level, the markdown table, issue 18's target ratios
-and the plot."""
+"""bench.run's report: each server's best pass per level, the markdown table, issue 18's target ratios,
+the per-pass (paired) ratios to the peers and the plot."""
 
 from __future__ import annotations
 
@@ -63,6 +63,30 @@ def render_targets(summary: dict, levels: list[int], ours: str = "serve") -> str
         if ("seed", c) in summary:
             line += f"; {mine['rps'] / summary[('seed', c)]['rps']:.1f}x the seed"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def paired_ratios(rows: list[dict], levels: list[int], ours: str = "serve") -> dict[tuple[str, int], list[float]]:
+    """Per peer and level: our req/s over the peer's, one ratio per pass. Within a pass the two servers run
+    back to back, so a ratio compares them in about the same state of a shared machine; across passes it
+    varies far less than either server's own req/s."""
+    rates = {(r["server"], r["connections"], r["run"]): r["rps"] for r in rows}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for (server, c, run), rate in sorted(rates.items()):
+        mine = rates.get((ours, c, run))
+        if server in ("litserve", "infinity") and c in levels and mine is not None and rate > 0:
+            ratios.setdefault((server, c), []).append(mine / rate)
+    return ratios
+
+
+def render_paired(rows: list[dict], levels: list[int], ours: str = "serve") -> str:
+    """The paired ratios' median and range per peer and level (meaningful from 3 passes on)."""
+    import statistics
+
+    lines = []
+    for (peer, c), values in sorted(paired_ratios(rows, levels, ours).items()):
+        lines.append(f"c={c}: {ours} / {peer} per pass {statistics.median(values):.2f}x median "
+                     f"[{min(values):.2f}-{max(values):.2f}] over {len(values)} passes")
     return "\n".join(lines)
 
 

@@ -133,3 +133,20 @@ def test_only_orphaned_haproxy_from_this_prefix_is_stopped(tmp_path):
     finally:
         parented.kill()
         parented.wait()
+
+
+def test_paired_ratios_compare_servers_within_each_pass():
+    from bench.report import paired_ratios, render_paired
+
+    rows = [
+        {"server": "serve", "connections": 8, "run": 1, "rps": 200.0},
+        {"server": "litserve", "connections": 8, "run": 1, "rps": 100.0},
+        {"server": "serve", "connections": 8, "run": 2, "rps": 300.0},
+        {"server": "litserve", "connections": 8, "run": 2, "rps": 400.0},
+        {"server": "serve", "connections": 8, "run": 3, "rps": 110.0},
+        {"server": "litserve", "connections": 8, "run": 3, "rps": 100.0},
+        {"server": "seed", "connections": 8, "run": 1, "rps": 50.0},  # not a peer
+        {"server": "litserve", "connections": 32, "run": 1, "rps": 100.0},  # no serve row in that pass
+    ]
+    assert paired_ratios(rows, [8, 32]) == {("litserve", 8): [2.0, 0.75, 1.1]}
+    assert render_paired(rows, [8, 32]) == "c=8: serve / litserve per pass 1.10x median [0.75-2.00] over 3 passes"
