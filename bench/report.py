@@ -3,11 +3,15 @@ the per-pass (paired) ratios to the peers and the plot."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.run import Server
+
+#: The peer frameworks bench.run measures beside this service.
+PEERS = ("infinity", "litserve")
 
 
 def summarize(rows: list[dict], servers: list[Server], levels: list[int]) -> dict:
@@ -49,7 +53,7 @@ def render_table(summary: dict, servers: list[Server], levels: list[int]) -> str
 def render_targets(summary: dict, levels: list[int], ours: str = "serve") -> str:
     """Issue 18's targets: >= 1.1x the best peer at 8, 32, 128; p50 at 1 <= the best peer's; seed ratio."""
     lines = []
-    peers = sorted({name for name, _ in summary} & {"litserve", "infinity"})
+    peers = sorted({name for name, _ in summary} & set(PEERS))
     for c in levels:
         mine = summary.get((ours, c))
         rivals = [(summary[(p, c)]["rps"], p) for p in peers if (p, c) in summary]
@@ -66,7 +70,7 @@ def render_targets(summary: dict, levels: list[int], ours: str = "serve") -> str
     return "\n".join(lines)
 
 
-def paired_ratios(rows: list[dict], levels: list[int], ours: str = "serve") -> dict[tuple[str, int], list[float]]:
+def paired_ratios(rows: list[dict], ours: str = "serve") -> dict[tuple[str, int], list[float]]:
     """Per peer and level: our req/s over the peer's, one ratio per pass. Within a pass the two servers run
     back to back, so a ratio compares them in about the same state of a shared machine; across passes it
     varies far less than either server's own req/s."""
@@ -74,17 +78,15 @@ def paired_ratios(rows: list[dict], levels: list[int], ours: str = "serve") -> d
     ratios: dict[tuple[str, int], list[float]] = {}
     for (server, c, run), rate in sorted(rates.items()):
         mine = rates.get((ours, c, run))
-        if server in ("litserve", "infinity") and c in levels and mine is not None and rate > 0:
+        if server in PEERS and mine is not None and rate > 0:
             ratios.setdefault((server, c), []).append(mine / rate)
     return ratios
 
 
-def render_paired(rows: list[dict], levels: list[int], ours: str = "serve") -> str:
+def render_paired(rows: list[dict], ours: str = "serve") -> str:
     """The paired ratios' median and range per peer and level (meaningful from 3 passes on)."""
-    import statistics
-
     lines = []
-    for (peer, c), values in sorted(paired_ratios(rows, levels, ours).items()):
+    for (peer, c), values in sorted(paired_ratios(rows, ours).items()):
         lines.append(f"c={c}: {ours} / {peer} per pass {statistics.median(values):.2f}x median "
                      f"[{min(values):.2f}-{max(values):.2f}] over {len(values)} passes")
     return "\n".join(lines)

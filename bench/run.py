@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbest of {args.passes} passes, [range over passes] (p50 ms of the best pass); wrk, body {BODY}\n")
     print(table + "\n\n" + targets)
     if args.passes >= 3:  # the steadier comparison: ratios within a pass, their median over passes
-        print("\n" + render_paired(rows, levels))
+        print("\n" + render_paired(rows))
     if ceiling:
         best_serve = max((r["rps"] for r in rows if r["server"] == "serve"), default=0.0)
         print(f"\nin-process ceiling ({ceiling['precision']}, as served): {ceiling['sentences_per_s']:.1f} sentences/s "
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "body": BODY, "seconds_per_level": args.seconds, "config": args.config, "serve_env": serve_env,
         "servers": [asdict(s) for s in servers], "seed_model": str(seed_dir), "rows": rows,
         "ceiling": ceiling, "table_markdown": table, "targets": targets,
-        "paired_ratios": {f"{peer} c={c}": values for (peer, c), values in paired_ratios(rows, levels).items()},
+        "paired_ratios": {f"{peer} c={c}": values for (peer, c), values in paired_ratios(rows).items()},
         "load_tool": rows[0]["tool"] if rows else None,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -151,8 +151,9 @@ class IngressAPI(FastAPI):
 
 def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver | None = None,
                echo_request_id: bool = True) -> IngressAPI:
-    """The Ingress's app: every request is answered by FastAPI's routes. `echo_request_id=False` where the server already echoes X-Request-Id (Ray Serve's HTTP servers
-    add it to every response, with the id they put in the request's headers, which this app then uses)."""
+    """The Ingress's app: every request is answered by FastAPI's routes. `echo_request_id=False` where the
+    server already echoes X-Request-Id (Ray Serve's HTTP servers add it to every response, with the id they
+    put in the request's headers, which this app then uses)."""
     limits = config.limits
     window = max(config.buckets.seq_lens)
     api = IngressAPI(

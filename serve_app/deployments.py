@@ -32,7 +32,8 @@ PARALLEL_MIN_TEXTS = 8
 
 @serve.deployment(
     name="SentimentModel",
-    # Calls (each carrying the texts an Ingress merged) a replica holds: the running batch and the next.
+    # Calls (each carrying the texts an Ingress merged) a replica accepts at once, running or queued: at least
+    # max_batch_size (which counts texts), so a batch can fill even from one-text calls.
     max_ongoing_requests=64,
     # Past this many calls waiting at each caller, the handle raises BackPressureError: the ingress
     # answers 429 (limits.overload_status) + Retry-After instead of queueing without bound.

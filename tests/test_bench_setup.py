@@ -148,5 +148,5 @@ def test_paired_ratios_compare_servers_within_each_pass():
         {"server": "seed", "connections": 8, "run": 1, "rps": 50.0},  # not a peer
         {"server": "litserve", "connections": 32, "run": 1, "rps": 100.0},  # no serve row in that pass
     ]
-    assert paired_ratios(rows, [8, 32]) == {("litserve", 8): [2.0, 0.75, 1.1]}
-    assert render_paired(rows, [8, 32]) == "c=8: serve / litserve per pass 1.10x median [0.75-2.00] over 3 passes"
+    assert paired_ratios(rows) == {("litserve", 8): [2.0, 0.75, 1.1]}
+    assert render_paired(rows) == "c=8: serve / litserve per pass 1.10x median [0.75-2.00] over 3 passes"
