@@ -13,10 +13,11 @@ from serve_app.schemas import ModelInfo, Prediction
 
 
 class SlowHandler:
-    """Records each batch it gets; each call takes `delay_s` (the model working)."""
+    """Records each batch it gets; each call takes `delay_s` (the model working), after `gate` is set when
+    one is given (a call that stays in flight until the test lets it go, whatever the machine's load)."""
 
-    def __init__(self, delay_s: float = 0.05, fail: bool = False) -> None:
-        self.delay_s, self.fail = delay_s, fail
+    def __init__(self, delay_s: float = 0.05, fail: bool = False, gate: asyncio.Event | None = None) -> None:
+        self.delay_s, self.fail, self.gate = delay_s, fail, gate
         self.batches: list[list] = []
         self.running = self.most_running = 0
 
@@ -25,6 +26,8 @@ class SlowHandler:
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             await asyncio.sleep(self.delay_s)
             if self.fail:
                 raise RuntimeError("model replica lost")
@@ -149,14 +152,16 @@ def test_a_failed_call_fails_every_request_in_it_and_the_next_batch_still_runs()
 
 def test_a_cancelled_caller_is_left_out_of_the_batch():
     async def main():
-        handler = SlowHandler(delay_s=0.03)
+        running = asyncio.Event()
+        handler = SlowHandler(delay_s=0, gate=running)
         coalescer = Coalescer(handler, max_size=64)
         blocker = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the first call is in flight (held until `running` is set)
         gone = asyncio.create_task(coalescer.submit(1))
         kept = asyncio.create_task(coalescer.submit(2))
         await asyncio.sleep(0.005)
         gone.cancel()  # e.g. the ingress's request timeout fired
+        running.set()
         await asyncio.gather(blocker, kept)
         return handler.batches
 
