@@ -44,6 +44,7 @@ class DeviceTimeBackend:
     """A backend whose forward costs device time only: sleeps for the bucket's time, returns zero logits."""
 
     name = "device-time"
+    on_host = False  # as a NeuronCore: the forward waits, the replica's event loop keeps taking calls
 
     def __init__(self, grid, num_labels: int) -> None:
         self.grid = grid

@@ -51,17 +51,21 @@ class SentimentModel:
         self.config = AppConfig.model_validate(config)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
-        # Forwards run on one dedicated thread. torch's intra-op thread count is per OS thread under
-        # OpenMP (a new thread starts from OMP_NUM_THREADS, which Ray sets to num_cpus), so it is set there,
-        # per batch: small batches run on one thread (intra-op parallelism costs more than it saves on
-        # a few texts, and leaves the other cores to the HTTP side), large ones on all of them.
+        # Forwards run on one OS thread: the event loop's for a backend that computes on the host CPU, a
+        # dedicated one for an accelerator (`Backend.on_host`). torch's intra-op thread count is per OS
+        # thread under OpenMP (a new thread starts from OMP_NUM_THREADS, which Ray sets to num_cpus), so it is
+        # set there, per batch: small batches run on one thread (intra-op parallelism costs more than it
+        # saves on a few texts, and leaves the other cores to the HTTP side), large ones on all of them.
         self._threads = torch.get_num_threads()
         self._set_threads = torch.set_num_threads
-        self._forward_threads_now = 0  # unknown until the forward thread's first batch
-        self._forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._forward_threads_now = 0  # unknown until the first batch
         loaded = load_classifier(self.config.model)
         self.classifier = build_classifier(self.config, loaded, backend_factory)
         backend = self.classifier.backend
+        # On the host CPU the replica's core has nothing else to do during a forward, so it runs on the event
+        # loop and no thread hop is paid each way (docs/benchmark.md, "Settings and their evidence"). An
+        # accelerator's forward waits on the device: on a thread, the loop keeps taking calls meanwhile.
+        self._forward_thread = None if backend.on_host else ThreadPoolExecutor(1, thread_name_prefix="forward")
         self.info_value = ModelInfo(
             source=loaded.source, backend=backend.name, labels=self.classifier.labels,
             buckets=len(backend.grid.all()), pid=os.getpid(),
@@ -78,7 +82,7 @@ class SentimentModel:
     # The second and last place texts are merged (the Ingress's CoalescingClient is the first): calls that
     # reach this replica together (from several Ingress replicas on a cluster) run as one batch of at most
     # `max_batch_size` texts, which the classifier cuts into bucket-shaped forwards. One batch at a time:
-    # the forward thread is the replica's one core (or NeuronCore).
+    # the replica has one core (or NeuronCore).
     @serve.batch(
         max_batch_size=DEFAULT_BATCH.max_batch_size,
         batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s,
@@ -89,19 +93,21 @@ class SentimentModel:
         started = time.monotonic()
         groups = [texts for _, texts in calls]
         flat = merge(groups)
-        # Off the event loop, so calls keep arriving (and the next batch forms) during the forward.
-        predictions, report = await asyncio.get_running_loop().run_in_executor(
-            self._forward_thread, self._classify_on_thread, flat
-        )
+        if self._forward_thread is None:
+            predictions, report = self._classify_texts(flat)
+        else:
+            predictions, report = await asyncio.get_running_loop().run_in_executor(
+                self._forward_thread, self._classify_texts, flat
+            )
         try:
             self.metrics.record(report, [started - arrived for arrived, _ in calls])
         except Exception:  # metrics must never fail a request
             logger.warning("recording batch metrics failed", exc_info=True)
         return split_like(predictions, groups)
 
-    def _classify_on_thread(self, texts: list[str]):
+    def _classify_texts(self, texts: list[str]):
         threads = self._threads if len(texts) >= PARALLEL_MIN_TEXTS else 1
-        if threads != self._forward_threads_now:  # only ever touched from the one forward thread
+        if threads != self._forward_threads_now:  # only ever touched from the one thread forwards run on
             self._set_threads(threads)
             self._forward_threads_now = threads
         return self.classifier.classify(texts)

@@ -13,7 +13,7 @@ class BrokenAfterWarmUp:
 
     def __init__(self, inner):
         self.inner, self.broken = inner, False
-        self.name, self.grid = inner.name, inner.grid
+        self.name, self.grid, self.on_host = inner.name, inner.grid, inner.on_host
 
     def forward(self, input_ids, attention_mask):
         if self.broken:
@@ -44,6 +44,73 @@ def test_check_health_runs_a_real_forward(replica):
     holder["backend"].broken = True
     with pytest.raises(RuntimeError, match="NeuronCore lost"):
         model.check_health()
+
+
+class SlowForward:
+    """Wraps a real backend: each forward sleeps first and records the thread it ran on; `on_host` as given."""
+
+    def __init__(self, inner, on_host: bool, delay_s: float = 0.2):
+        self.inner, self.on_host, self.delay_s = inner, on_host, delay_s
+        self.name, self.grid = inner.name, inner.grid
+        self.threads: list[int] = []
+
+    def forward(self, input_ids, attention_mask):
+        import threading
+        import time
+
+        self.threads.append(threading.get_ident())
+        time.sleep(self.delay_s)
+        return self.inner.forward(input_ids, attention_mask)
+
+    def warm_up(self):
+        self.inner.warm_up()
+
+
+@pytest.mark.parametrize("on_host", [True, False])
+def test_a_host_forward_runs_on_the_event_loop_and_an_accelerators_on_a_thread(tiny_model_dir, on_host):
+    """cpu/jit forwards run on the replica's event loop (no thread hop); a device's forward runs on the
+    forward thread, so the loop keeps running (taking calls) while the device works."""
+    import asyncio
+    import threading
+    import time
+
+    from serve_app.backends import create_backend
+
+    holder = {}
+
+    def factory(config, loaded):
+        holder["backend"] = SlowForward(create_backend(config, loaded), on_host)
+        return holder["backend"]
+
+    model = SentimentModel.func_or_class(AppConfig(model=str(tiny_model_dir)).model_dump(), factory)
+    backend = holder["backend"]
+    backend.threads.clear()  # warm-up forwards
+
+    async def classify_while_ticking():
+        ticks = []
+
+        async def tick():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        # The batch method itself: `@serve.batch`'s queue needs a replica (tests/test_serve_app.py covers it).
+        [predictions] = await type(model).classify_batch.__wrapped__(model, [(started, ["a good film", "a bad film"])])
+        ended = time.monotonic()
+        ticker.cancel()
+        during = [t for t in ticks if started + 0.05 < t < ended - 0.05]
+        return predictions, threading.get_ident(), during
+
+    predictions, loop_thread, ticks_during_forward = asyncio.run(classify_while_ticking())
+    assert len(predictions) == 2 and {p.label for p in predictions} <= set(model.classifier.labels)
+    assert len(backend.threads) == 1
+    if on_host:
+        assert backend.threads == [loop_thread] and not ticks_during_forward
+    else:
+        assert backend.threads[0] != loop_thread and len(ticks_during_forward) >= 3
 
 
 def test_reconfigure_rejects_unknown_keys(replica):

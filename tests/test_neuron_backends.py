@@ -155,6 +155,15 @@ def test_inf1_neuron_backend(neuron_inf1, loaded, tmp_path):
     assert [p.label for p in got] == [p.label for p in expected]
 
 
+def test_only_device_backends_run_forwards_off_the_event_loop(neuronx, neuron_inf1, loaded, tmp_path):
+    """cpu and jit compute on the host (forward on the replica's event loop); neuronx and neuron wait on a
+    NeuronCore (forward thread). Does not prove: how long a real NeuronCore forward leaves the loop free."""
+    assert create_backend(AppConfig(model="x", backend="cpu"), loaded).on_host is True
+    assert build(loaded, "jit", tmp_path / "jit").on_host is True
+    assert build(loaded, "neuronx", tmp_path / "neuronx").on_host is False
+    assert build(loaded, "neuron", tmp_path / "neuron").on_host is False
+
+
 def test_auto_picks_neuronx_when_present(neuronx):
     """Does not prove: detection on a real Neuron image; only our selection order."""
     assert resolve_backend_name("auto") == "neuronx"

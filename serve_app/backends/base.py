@@ -24,6 +24,10 @@ class Backend(Protocol):
     name: str
     #: Shapes this backend runs: fixed (compiled) buckets, or a dynamic grid (any shape up to the maximum).
     grid: BucketGrid
+    #: True when forward computes on the host CPU (cpu, jit): the model deployment runs it on the replica's
+    #: event loop, since the replica's core has nothing else to do meanwhile. False when it waits on an
+    #: accelerator (neuronx, neuron): it runs on a thread, so the replica keeps taking calls during it.
+    on_host: bool
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, num_labels) for a batch already padded to a bucket of `grid`."""

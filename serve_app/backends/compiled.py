@@ -52,6 +52,8 @@ class Compiler:
     trace: Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.nn.Module]
     save: Callable[[torch.nn.Module, str], None]
     load: Callable[[str], torch.nn.Module]
+    #: Whether the compiled modules compute on the host CPU (jit) or on an accelerator (Backend.on_host).
+    on_host: bool = False
 
 
 def artifact_meta(compiler: Compiler, bucket: Bucket, weights_sha256: str) -> dict:
@@ -170,6 +172,7 @@ class CompiledBackend:
             raise BackendError(f"the {compiler.backend} backend needs fixed buckets")
         self.name = compiler.backend
         self.grid = grid
+        self.on_host = compiler.on_host
         self.compiler = compiler
         self.stats = CompileStats()
         self._modules: dict[Bucket, torch.nn.Module] = {}

@@ -104,6 +104,7 @@ class CpuBackend:
         self._module = module.eval()
         self.name = {"float32": "cpu", "bfloat16": "cpu-bf16", "int8": "cpu-int8"}[precision]
         self.grid = grid
+        self.on_host = True
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -19,4 +19,5 @@ def jit_compiler() -> Compiler:
         trace=_trace,
         save=lambda module, path: torch.jit.save(module, path),
         load=lambda path: torch.jit.load(path, map_location="cpu"),
+        on_host=True,
     )
