@@ -44,6 +44,7 @@ class OnnxRuntimeBackend:
 
         self.grid = grid
         self.name = "onnxruntime"
+        self.on_host = True
         self._dir = tempfile.TemporaryDirectory(prefix="onnx-")
         path = export_onnx(model, Path(self._dir.name) / "model.onnx")
         options = ort.SessionOptions()
