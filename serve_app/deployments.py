@@ -51,8 +51,7 @@ class SentimentModel:
         self.config = AppConfig.model_validate(config)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
-        # Forwards run on one OS thread: the event loop's for a backend that computes on the host CPU, a
-        # dedicated one for an accelerator (`Backend.on_host`). torch's intra-op thread count is per OS
+        # Forwards run on one OS thread (which one: below). torch's intra-op thread count is per OS
         # thread under OpenMP (a new thread starts from OMP_NUM_THREADS, which Ray sets to num_cpus), so it is
         # set there, per batch: small batches run on one thread (intra-op parallelism costs more than it
         # saves on a few texts, and leaves the other cores to the HTTP side), large ones on all of them.

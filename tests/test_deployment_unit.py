@@ -8,34 +8,49 @@ from serve_app.config import AppConfig
 from serve_app.deployments import SentimentModel
 
 
-class BrokenAfterWarmUp:
-    """Wraps a real backend; fails every forward once `broken` is set (a wedged device)."""
+class WrappedBackend:
+    """A real backend behind a wrapper: the same name, grid, on_host and warm-up; subclasses change forward."""
 
     def __init__(self, inner):
-        self.inner, self.broken = inner, False
+        self.inner = inner
         self.name, self.grid, self.on_host = inner.name, inner.grid, inner.on_host
 
     def forward(self, input_ids, attention_mask):
-        if self.broken:
-            raise RuntimeError("NeuronCore lost")
         return self.inner.forward(input_ids, attention_mask)
 
     def warm_up(self):
         self.inner.warm_up()
 
 
-@pytest.fixture
-def replica(tiny_model_dir):
+class BrokenAfterWarmUp(WrappedBackend):
+    """Fails every forward once `broken` is set (a wedged device)."""
+
+    broken = False
+
+    def forward(self, input_ids, attention_mask):
+        if self.broken:
+            raise RuntimeError("NeuronCore lost")
+        return super().forward(input_ids, attention_mask)
+
+
+def build_replica(tiny_model_dir, wrap):
+    """The deployment's class on the tiny model, its backend wrapped by `wrap`; returns (model, wrapper)."""
     from serve_app.backends import create_backend
 
     holder = {}
 
     def factory(config, loaded):
-        holder["backend"] = BrokenAfterWarmUp(create_backend(config, loaded))
+        holder["backend"] = wrap(create_backend(config, loaded))
         return holder["backend"]
 
     model = SentimentModel.func_or_class(AppConfig(model=str(tiny_model_dir)).model_dump(), factory)
-    return model, holder
+    return model, holder["backend"]
+
+
+@pytest.fixture
+def replica(tiny_model_dir):
+    model, backend = build_replica(tiny_model_dir, BrokenAfterWarmUp)
+    return model, {"backend": backend}
 
 
 def test_check_health_runs_a_real_forward(replica):
@@ -46,12 +61,12 @@ def test_check_health_runs_a_real_forward(replica):
         model.check_health()
 
 
-class SlowForward:
-    """Wraps a real backend: each forward sleeps first and records the thread it ran on; `on_host` as given."""
+class SlowForward(WrappedBackend):
+    """Each forward sleeps first and records the thread it ran on; `on_host` as given."""
 
     def __init__(self, inner, on_host: bool, delay_s: float = 0.2):
-        self.inner, self.on_host, self.delay_s = inner, on_host, delay_s
-        self.name, self.grid = inner.name, inner.grid
+        super().__init__(inner)
+        self.on_host, self.delay_s = on_host, delay_s
         self.threads: list[int] = []
 
     def forward(self, input_ids, attention_mask):
@@ -60,10 +75,7 @@ class SlowForward:
 
         self.threads.append(threading.get_ident())
         time.sleep(self.delay_s)
-        return self.inner.forward(input_ids, attention_mask)
-
-    def warm_up(self):
-        self.inner.warm_up()
+        return super().forward(input_ids, attention_mask)
 
 
 @pytest.mark.parametrize("on_host", [True, False])
@@ -74,16 +86,7 @@ def test_a_host_forward_runs_on_the_event_loop_and_an_accelerators_on_a_thread(t
     import threading
     import time
 
-    from serve_app.backends import create_backend
-
-    holder = {}
-
-    def factory(config, loaded):
-        holder["backend"] = SlowForward(create_backend(config, loaded), on_host)
-        return holder["backend"]
-
-    model = SentimentModel.func_or_class(AppConfig(model=str(tiny_model_dir)).model_dump(), factory)
-    backend = holder["backend"]
+    model, backend = build_replica(tiny_model_dir, lambda inner: SlowForward(inner, on_host))
     backend.threads.clear()  # warm-up forwards
 
     async def classify_while_ticking():
