@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+from tests.ports import free_port
 
 HEAD_NODE_TYPE = "ray.head.default"
 
@@ -105,12 +106,6 @@ def unplaceable_deployments(shape: ClusterShape, config: dict) -> list[str]:
             if not any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in candidates):
                 problems.append(f"{app['name']}/{deployment['name']} needs {need}; node types offer {candidates}")
     return problems
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def autoscaling_config(shape: ClusterShape, gcs_address: str) -> dict:

@@ -33,7 +33,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.fake_cluster import FakeCluster, cluster_shape, free_port, serve_config, unplaceable_deployments
+from tests.fake_cluster import FakeCluster, cluster_shape, serve_config, unplaceable_deployments
+from tests.ports import free_port
 
 MANIFESTS = {"inf2": REPO / "kuberay" / "10-rayservice.yaml", "inf1": REPO / "kuberay" / "inf1" / "10-rayservice.yaml"}
 NEURON_GROUP = {"inf2": "inf2", "inf1": "inf1"}

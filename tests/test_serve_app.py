@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
-import socket
 
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 pytestmark = pytest.mark.serve
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 METRICS_PORT = free_port()

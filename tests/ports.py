@@ -1,0 +1,36 @@
+"""Free TCP ports for servers a test starts later (a Serve proxy, a GCS, a metrics endpoint).
+
+`bind(port 0)` hands out a port from the kernel's ephemeral range, and every Ray process that starts after the
+pick (the raylet, object manager and agents of each fake node) binds port 0 too: one of them can take the port
+before the server it was picked for binds it. That happened in CI: a worker node's proxy port, picked before
+the cluster started, was answered by a gRPC server, and the test's HTTP POST failed with "illegal request line".
+So ports are picked where nothing allocates on its own: above Ray's worker ports (10002-19999 by default) and
+below the kernel's ephemeral range.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+RAY_WORKER_PORTS_END = 19999
+
+
+def ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_port() -> int:
+    candidates = range(RAY_WORKER_PORTS_END + 1, ephemeral_range_start())
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {candidates}: pick one by hand or widen the range")
