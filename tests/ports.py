@@ -2,8 +2,10 @@
 
 `bind(port 0)` hands out a port from the kernel's ephemeral range, and every Ray process that starts after the
 pick (the raylet, object manager and agents of each fake node) binds port 0 too: one of them can take the port
-before the server it was picked for binds it. That happened in CI: a worker node's proxy port, picked before
-the cluster started, was answered by a gRPC server, and the test's HTTP POST failed with "illegal request line".
+before the server it was picked for binds it. Nothing fails at that bind: Serve's proxies and gRPC servers both
+set SO_REUSEPORT, so both listen and the kernel splits connections between them. That happened in CI: a
+worker node's proxy port, picked before the cluster started, was also a gRPC server's, and the test's HTTP
+POST reached the gRPC server ("illegal request line").
 So ports are picked where nothing allocates on its own: above Ray's worker ports (10002-19999 by default) and
 below the kernel's ephemeral range.
 """
