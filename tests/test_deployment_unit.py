@@ -49,14 +49,13 @@ def build_replica(tiny_model_dir, wrap):
 
 @pytest.fixture
 def replica(tiny_model_dir):
-    model, backend = build_replica(tiny_model_dir, BrokenAfterWarmUp)
-    return model, {"backend": backend}
+    return build_replica(tiny_model_dir, BrokenAfterWarmUp)
 
 
 def test_check_health_runs_a_real_forward(replica):
-    model, holder = replica
+    model, backend = replica
     model.check_health()
-    holder["backend"].broken = True
+    backend.broken = True
     with pytest.raises(RuntimeError, match="NeuronCore lost"):
         model.check_health()
 
