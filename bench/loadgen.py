@@ -86,7 +86,20 @@ async def _asyncio_load(url: str, body: dict, connections: int, seconds: float) 
                       1000 * statistics.median(ordered), 1000 * ordered[int(0.99 * (len(ordered) - 1))], errors, "asyncio")
 
 
+def load_tool() -> str:
+    """The load generator `run_load` will use: "wrk", or "asyncio" (Python, on the same cores as the server)."""
+    return "wrk" if shutil.which("wrk") else "asyncio"
+
+
+#: Printed before a run without wrk: the fallback client's own CPU halves what a 2-core machine serves.
+NO_WRK_WARNING = (
+    "WARNING: wrk is not installed; the asyncio client loads the server instead and takes the same cores "
+    "(on 2 cores: 0.8x wrk's req/s at 8 connections, 0.4x at 32, 0.08x at 128). These figures "
+    "are not comparable with docs/benchmark.md; install wrk (Debian/Ubuntu: sudo apt-get install wrk)."
+)
+
+
 def run_load(url: str, body: dict, connections: int, seconds: float) -> LoadResult:
-    if shutil.which("wrk"):
+    if load_tool() == "wrk":
         return run_wrk(url, body, connections, seconds)
     return asyncio.run(_asyncio_load(url, body, connections, seconds))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import run_load
+from bench.loadgen import NO_WRK_WARNING, load_tool, run_load
 from bench.report import paired_ratios, plot, render_paired, render_table, render_targets, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     serve_env = dict(item.split("=", 1) for item in args.serve_env)
     args.out.mkdir(parents=True, exist_ok=True)
+    if load_tool() != "wrk":
+        print(NO_WRK_WARNING, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the finally blocks below
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     model_dir = args.out / "model"
@@ -348,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows, servers, levels)
     table = render_table(summary, servers, levels)
     targets = render_targets(summary, levels)
-    print(f"\nbest of {args.passes} passes, [range over passes] (p50 ms of the best pass); wrk, body {BODY}\n")
+    tool = rows[0]["tool"] if rows else load_tool()
+    print(f"\nbest of {args.passes} passes, [range over passes] (p50 ms of the best pass); {tool}, body {BODY}\n")
+    if tool != "wrk":
+        print(NO_WRK_WARNING + "\n")
     print(table + "\n\n" + targets)
     if args.passes >= 3:  # the steadier comparison: ratios within a pass, their median over passes
         print("\n" + render_paired(rows))
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "servers": [asdict(s) for s in servers], "seed_model": str(seed_dir), "rows": rows,
         "ceiling": ceiling, "table_markdown": table, "targets": targets,
         "paired_ratios": {f"{peer} c={c}": values for (peer, c), values in paired_ratios(rows).items()},
-        "load_tool": rows[0]["tool"] if rows else None,
+        "load_tool": tool,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(summary, servers, levels, ceiling["sentences_per_s"] if ceiling else float("nan"), args.out / "throughput.png")

@@ -150,3 +150,20 @@ def test_paired_ratios_compare_servers_within_each_pass():
     ]
     assert paired_ratios(rows) == {("litserve", 8): [2.0, 0.75, 1.1]}
     assert render_paired(rows) == "c=8: serve / litserve per pass 1.10x median [0.75-2.00] over 3 passes"
+
+
+def test_the_load_generator_is_named_and_the_fallback_warned(monkeypatch, capsys, tmp_path):
+    """Without wrk the asyncio client loads the server from the same cores: the run says so, loudly,
+    instead of printing its lower figures under a "wrk" header."""
+    import shutil
+
+    from bench import ab, loadgen
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert loadgen.load_tool() == "asyncio"
+    monkeypatch.setattr(ab, "run_variant", lambda *a, **k: {8: (1.0, 1.0)})
+    monkeypatch.setattr(ab, "stop_all", lambda: None)
+    ab.main(["a.yaml", "--rounds", "1", "--levels", "8", "--out", str(tmp_path)])
+    assert "wrk is not installed" in capsys.readouterr().out
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/wrk" if name == "wrk" else None)
+    assert loadgen.load_tool() == "wrk"
