@@ -91,7 +91,7 @@ def load_tool() -> str:
     return "wrk" if shutil.which("wrk") else "asyncio"
 
 
-#: Printed before a run without wrk: the fallback client's own CPU halves what a 2-core machine serves.
+#: Printed by a run without wrk: the fallback client runs on the same cores as the server it loads.
 NO_WRK_WARNING = (
     "WARNING: wrk is not installed; the asyncio client loads the server instead and takes the same cores "
     "(on 2 cores: 0.8x wrk's req/s at 8 connections, 0.4x at 32, 0.08x at 128). These figures "
