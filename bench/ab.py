@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.loadgen import NO_WRK_WARNING, load_tool, run_load
+from bench.loadgen import announce_load_tool, run_load
 from bench.run import BODY, REPO, SERVE_PORT, start, stop, stop_all
 
 URL = f"http://127.0.0.1:{SERVE_PORT}/analyze"
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.levels.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    if load_tool() != "wrk":
-        print(NO_WRK_WARNING, flush=True)
+    announce_load_tool()
     runs: dict[str, list[dict[int, tuple[float, float]]]] = {spec: [] for spec in args.variants}
     try:
         for round_no in range(1, args.rounds + 1):

@@ -99,6 +99,14 @@ NO_WRK_WARNING = (
 )
 
 
+def announce_load_tool() -> str:
+    """`load_tool()`, printing NO_WRK_WARNING when it is not wrk: what a benchmark calls before it loads."""
+    tool = load_tool()
+    if tool != "wrk":
+        print(NO_WRK_WARNING, flush=True)
+    return tool
+
+
 def run_load(url: str, body: dict, connections: int, seconds: float) -> LoadResult:
     if load_tool() == "wrk":
         return run_wrk(url, body, connections, seconds)

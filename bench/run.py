@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import NO_WRK_WARNING, load_tool, run_load
+from bench.loadgen import NO_WRK_WARNING, announce_load_tool, run_load
 from bench.report import paired_ratios, plot, render_paired, render_table, render_targets, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     serve_env = dict(item.split("=", 1) for item in args.serve_env)
     args.out.mkdir(parents=True, exist_ok=True)
-    if load_tool() != "wrk":
-        print(NO_WRK_WARNING, flush=True)
+    tool = announce_load_tool()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the finally blocks below
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     model_dir = args.out / "model"
@@ -350,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows, servers, levels)
     table = render_table(summary, servers, levels)
     targets = render_targets(summary, levels)
-    tool = rows[0]["tool"] if rows else load_tool()
     print(f"\nbest of {args.passes} passes, [range over passes] (p50 ms of the best pass); {tool}, body {BODY}\n")
     if tool != "wrk":
         print(NO_WRK_WARNING + "\n")
