@@ -35,6 +35,7 @@ import yaml
 from tests.conftest import REPO
 from tests.fake_cluster import FakeCluster, cluster_shape, serve_config, unplaceable_deployments
 from tests.ports import free_port
+from tests.waiting import Timeline, format_timeline, wait_for
 
 MANIFESTS = {"inf2": REPO / "kuberay" / "10-rayservice.yaml", "inf1": REPO / "kuberay" / "inf1" / "10-rayservice.yaml"}
 NEURON_GROUP = {"inf2": "inf2", "inf1": "inf1"}
@@ -79,32 +80,6 @@ def test_a_resource_no_node_type_has_breaks_the_shape():
 
 
 # --- the live cluster ---------------------------------------------------------------------------------
-
-class Timeline:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.events: list[tuple[float, str]] = []
-
-    def mark(self, what: str) -> None:
-        self.events.append((time.monotonic() - self.start, what))
-        print(f"[cluster +{self.events[-1][0]:6.1f}s] {what}", flush=True)
-
-    def at(self, prefix: str) -> float:
-        return next(t for t, what in self.events if what.startswith(prefix))
-
-
-def wait_for(predicate, timeout_s: float, what: str, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last error: {last!r})")
-
 
 class ClusterClient:
     def __init__(self, cluster: FakeCluster) -> None:
@@ -254,4 +229,4 @@ def test_rayservice_cluster_scales_out_and_back(tmp_path, capsys):
         summary = {what: round(t, 1) for t, what in timeline.events}
         (tmp_path / "timeline.json").write_text(json.dumps(summary, indent=2))
         with capsys.disabled():  # shown in every run's output, passed or failed
-            print("\ncluster timeline:\n" + "\n".join(f"  +{t:6.1f}s  {what}" for t, what in timeline.events), flush=True)
+            print(format_timeline(timeline, "cluster timeline"), flush=True)

@@ -4,6 +4,7 @@ the RayService's serveConfigV2 serving the same application as serve_config.yaml
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 
 from serve_app.config import parse_app_args
 from tests.conftest import REPO
+from tests.kuberay_pods import render_rayservice
 
 pytestmark = pytest.mark.k8s
 TOOLS = (REPO / ".." / "shared" / "tools" / "k8s").resolve()
@@ -168,3 +170,23 @@ def test_render_fills_in_every_example_value(tmp_path):
     result = subprocess.run(["bash", str(tool("run.sh")), str(tmp_path / "out")], cwd=REPO, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and " 0 problems" in result.stdout, result.stdout + result.stderr
+
+
+def test_rendered_pods_follow_kuberay():
+    """The pods the images tier starts (tests/test_images.py), as KubeRay v1.7 renders them from the manifest."""
+    [doc] = rayservices("kuberay/")
+    pods = {p.group: p for p in render_rayservice(doc, "t" * 64)}
+    head, cpu, inf2 = pods["headgroup"], pods["cpu"], pods["inf2"]
+    assert head.env["KUBERAY_GEN_RAY_START_CMD"] == (
+        "ray start --head --block --dashboard-agent-listen-port=52365 --dashboard-host=0.0.0.0 "
+        "--memory=8589934592 --metrics-export-port=8080 --no-monitor --num-cpus=0")
+    assert re.search(r"--address=sentiment-head-svc\.sentiment\.svc\.cluster\.local:6379 ", inf2.args)
+    assert '--resources="{\\"neuron_cores\\": 2}"' in inf2.args and "--num-cpus=3" in inf2.args
+    assert '--resources="{\\"serve_ingress\\": 4}"' in cpu.args
+    for pod in pods.values():
+        assert pod.env["RAY_AUTH_MODE"] == "token" and pod.env["RAY_AUTH_TOKEN"] == "t" * 64
+        assert pod.env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and pod.read_only_root and pod.user == 10001
+        assert "/tmp" in pod.tmpfs and pod.liveness.path == "/api/healthz"
+    assert "/tmp/ray" in head.tmpfs and head.readiness.command is None
+    assert cpu.readiness.command and "8000/-/healthz" in cpu.readiness.command[-1]
+    assert cpu.init_args and "ray health-check --address sentiment-head-svc" in cpu.init_args
