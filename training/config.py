@@ -107,7 +107,7 @@ class TrainConfig(_Strict):
     def _check(self) -> "TrainConfig":
         if len(self.labels) != 2:
             raise ValueError("labels must name exactly two classes (negative first)")
-        if self.storage_path.startswith("s3://") and self.fault_injection is not None:
+        if self.fault_injection is not None and "://" in self.fault_injection.marker_dir:
             raise ValueError("fault_injection needs a local marker_dir; it is a test hook")
         if self.full_export_bits and not (self.method == "full" and self.full_export_rank):
             raise ValueError("full_export_bits needs method: full and full_export_rank")
