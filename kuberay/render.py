@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-#: placeholder -> (flag, what a valid value looks like). Order matters: the bucket contains the account.
+#: placeholder -> (flag, what a valid value looks like).
 PLACEHOLDERS = {
     "sentiment-models-123456789012": ("bucket", re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")),
     "123456789012": ("account", re.compile(r"^\d{12}$")),
@@ -28,10 +28,13 @@ PLACEHOLDERS = {
 }
 
 
+#: One pass over the text, longest placeholder first (the bucket contains the account): a value is never
+#: searched again, so a bucket named like another placeholder (models-us-west-2) stays as it was given.
+_PATTERN = re.compile("|".join(re.escape(p) for p in sorted(PLACEHOLDERS, key=len, reverse=True)))
+
+
 def render_text(text: str, values: dict[str, str]) -> str:
-    for placeholder, (name, _) in PLACEHOLDERS.items():
-        text = text.replace(placeholder, values[name])
-    return text
+    return _PATTERN.sub(lambda match: values[PLACEHOLDERS[match.group(0)][0]], text)
 
 
 def check(values: dict[str, str]) -> list[str]:

@@ -7,7 +7,8 @@ configureTokenAuth, initLivenessAndReadinessProbe) and `utils/constant.go`, read
   `metrics-export-port` (8080 unless set); the head `dashboard-host=0.0.0.0` and, with in-tree autoscaling,
   `no-monitor`; workers `address=<head FQDN>:6379`. `num-cpus` and `memory` come from the container's limits
   unless set; `aws.amazon.com/neuroncore` maps to `neuron_cores` unless `resources` already names it. Flags
-  are sorted; `true` becomes a bare flag. The container runs `/bin/bash -c -- "ulimit -n ...; ray start ..."`.
+  are sorted; `true` becomes a bare flag. The container runs `/bin/bash -c -- "ulimit -n ...; ray start ..."`,
+  after the container's own command and args when it has them (`<them> && ulimit ...; ray start ...`).
 - env: the template's own, then RAY_CLUSTER_NAME, RAY_CLOUD_INSTANCE_ID, RAY_NODE_TYPE_NAME,
   KUBERAY_GEN_RAY_START_CMD, RAY_PORT, (RayService) RAY_timeout_ms_task_wait_for_death_info=0,
   RAY_gcs_server_request_timeout_seconds=5, RAY_SERVE_KV_TIMEOUT_S=5, RAY_ADDRESS, usage-stats tags,
@@ -141,6 +142,9 @@ def render_pod(cluster: dict, spec: dict, *, cluster_name: str, namespace: str, 
     group = "headgroup" if head else spec["groupName"]
     params = ray_start_params(spec.get("rayStartParams", {}), container, head, autoscaling, head_fqdn)
     start = f"ray start {'--head ' if head else ''}{_flags(params)}"
+    generated = f"ulimit -n ${{RAY_START_ULIMIT_OPEN_FILES:-65536}}; {start}"
+    # The container's own command and args run first, in the same shell (KubeRay: "cmd && generatedCmd").
+    user_command = "".join(f" {part} " for part in container.get("command", []) + container.get("args", []))
     name = f"{cluster_name}-{'head' if head else group + '-worker'}"
     env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
     address = "127.0.0.1" if head else head_fqdn
@@ -175,7 +179,7 @@ def render_pod(cluster: dict, spec: dict, *, cluster_name: str, namespace: str, 
                 f"sleep 5; done")
     return PodPlan(
         name=name, group=group, image=container["image"],
-        args=f"ulimit -n ${{RAY_START_ULIMIT_OPEN_FILES:-65536}}; {start}", env=env,
+        args=f"{user_command} && {generated}" if user_command else generated, env=env,
         user=int(container_security.get("runAsUser", pod_security.get("runAsUser", 0))),
         group_id=int(container_security.get("runAsGroup", pod_security.get("runAsGroup", 0))),
         fs_group=pod_security.get("fsGroup"),

@@ -7,7 +7,7 @@ and the manifest's own serveConfigV2 is deployed through the dashboard's Serve R
 token auth, as the KubeRay operator deploys it.
 
 Scaled to this machine (and nothing else changed): the Inferentia group starts at 1 node (2 in the manifest)
-and may add 1; the idle timeout is 5 s; Serve's autoscaling delays are 2 s up and 10 s down (the load goes on
+and may add 1; one Ingress replica on one `cpu` node (two of each in the manifest); the idle timeout is 5 s; Serve's autoscaling delays are 2 s up and 10 s down (the load goes on
 until a new replica has served, so Serve never takes back a replica that is still starting); the model's
 max_replicas is 4 (two inf2 nodes' worth); the compile cache is a temp dir and the shared store a file:// URI.
 
@@ -150,6 +150,8 @@ def test_rayservice_cluster_scales_out_and_back(tmp_path, capsys):
     app["args"]["buckets"] = {**app["args"].get("buckets", {}), "seq_lens": [16, 32, 64, 128]}
     model = model_deployment(config)
     model["autoscaling_config"].update(max_replicas=4, upscale_delay_s=2, downscale_delay_s=10)
+    # One Ingress replica: the manifest's two each take a `cpu` pod of their own (serve_ingress: 1).
+    next(d for d in app["deployments"] if d["name"] == "Ingress")["autoscaling_config"]["min_replicas"] = 1
     min_replicas = model["autoscaling_config"]["min_replicas"]
     cores_per_node = shape.worker(NEURON_GROUP["inf2"]).resources["neuron_cores"]
     assert 4 > cores_per_node >= min_replicas  # the load must ask for more replicas than one node holds

@@ -149,12 +149,26 @@ def test_rayjob_reads_its_data_and_config_from_absolute_places():
     assert job["spec"]["ttlSecondsAfterFinished"] <= 300
 
 
-def test_render_fills_in_every_example_value(tmp_path):
+def load_render():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("render", REPO / "kuberay" / "render.py")
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
+    return render
+
+
+def test_a_value_that_looks_like_a_placeholder_is_kept():
+    """One pass: the bucket `models-us-west-2` with region eu-west-1 stays `models-us-west-2`."""
+    render = load_render()
+    values = {"account": "111122223333", "region": "eu-west-1", "cluster": "c", "bucket": "models-us-west-2",
+              "ami_alias": "al2023@v20260828"}
+    text = "s3://sentiment-models-123456789012/x 123456789012.dkr.ecr.us-west-2.amazonaws.com sentiment-cluster"
+    assert render.render_text(text, values) == "s3://models-us-west-2/x 111122223333.dkr.ecr.eu-west-1.amazonaws.com c"
+
+
+def test_render_fills_in_every_example_value(tmp_path):
+    render = load_render()
     assert render.main(["--account", "111122223333", "--region", "eu-west-1", "--cluster", "prod-eks",
                         "--bucket", "acme-sentiment", "--out", str(tmp_path / "out")]) == 0
     rendered = {p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.yaml")}
@@ -182,7 +196,8 @@ def test_rendered_pods_follow_kuberay():
         "--memory=8589934592 --metrics-export-port=8080 --no-monitor --num-cpus=0")
     assert re.search(r"--address=sentiment-head-svc\.sentiment\.svc\.cluster\.local:6379 ", inf2.args)
     assert '--resources="{\\"neuron_cores\\": 2}"' in inf2.args and "--num-cpus=3" in inf2.args
-    assert '--resources="{\\"serve_ingress\\": 4}"' in cpu.args
+    assert '--resources="{\\"serve_ingress\\": 1}"' in cpu.args
+    assert inf2.args.startswith(" [ -z ") and "serve_app.neuron_cores" in inf2.args.split(" && ")[0]
     for pod in pods.values():
         assert pod.env["RAY_AUTH_MODE"] == "token" and pod.env["RAY_AUTH_TOKEN"] == "t" * 64
         assert pod.env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and pod.read_only_root and pod.user == 10001
