@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast bench compile export-model train clean
+.PHONY: install serve test test-fast test-images bench compile export-model train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The images tier: builds docker/Dockerfile.cpu and .inf2 and runs the RayService's pods as containers. Needs a
+# Docker engine (or root with docker.io installed: the test starts its own dockerd) and debootstrap.
+test-images: install
+	$(BIN)/python -m pytest -m images $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not serve and not train and not cluster" $(PYTEST_ARGS)
