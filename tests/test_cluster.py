@@ -14,8 +14,10 @@ max_replicas is 4 (two inf2 nodes' worth); the compile cache is a temp dir and t
 What it does NOT prove: Neuron compilation or runtime (`torch_neuronx.trace` is torch.jit.trace from
 tests/standin, on every Ray worker's PYTHONPATH), pods, Karpenter or the Kubernetes scheduler (nodes are
 processes on this machine), Ray Serve's throughput mode with HAProxy that the manifest sets (in it, worker
-nodes run HAProxy instead of a Python proxy, and the HAProxies of several fake nodes on one machine would
-share their ports; this test runs the Python proxy on every node), and latency.
+nodes run HAProxy instead of a Python proxy, and the HAProxies of several fake nodes, which share this
+machine's network namespace, would share their ports; this test runs the Python proxy on every node), and
+latency. The `images` tier (tests/test_images.py) runs the same manifest in throughput mode with token auth,
+each node a container with a network namespace of its own; only the autoscaler's part is this tier's.
 """
 
 from __future__ import annotations
