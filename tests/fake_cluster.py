@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from tests.kuberay_pods import advertised_resources
 from tests.ports import free_port
 
 HEAD_NODE_TYPE = "ray.head.default"
@@ -54,14 +55,6 @@ def _cpu_quantity(value) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def _advertised(params: dict) -> dict:
-    raw = params.get("resources")
-    if not raw:
-        return {}
-    value = json.loads(raw)
-    return json.loads(value) if isinstance(value, str) else value  # KubeRay's quoted-JSON form
-
-
 def _group_resources(params: dict, template: dict) -> dict:
     container = template["spec"]["containers"][0]
     if "num-cpus" in params:
@@ -69,7 +62,7 @@ def _group_resources(params: dict, template: dict) -> dict:
     else:
         limits = container.get("resources", {}).get("limits", {})
         cpu = _cpu_quantity(limits.get("cpu", 0))
-    return {"CPU": cpu, **_advertised(params)}
+    return {"CPU": cpu, **advertised_resources(params)}
 
 
 def cluster_shape(rayservice: dict, max_workers_cap: int | None = None, min_workers: dict | None = None,

@@ -94,10 +94,13 @@ def _flags(params: dict[str, str]) -> str:
     return " ".join(parts)
 
 
-def _advertised(params: dict) -> dict:
+def advertised_resources(params: dict) -> dict:
+    """rayStartParams' `resources` as a dict (KubeRay's quoted-JSON form, '"{\\"neuron_cores\\": 2}"', too)."""
     raw = params.get("resources")
     if not raw:
         return {}
+    if raw.startswith("'"):   # the form KubeRay writes itself when it adds neuron_cores
+        return json.loads(raw.strip("'"))
     value = json.loads(raw)
     return json.loads(value) if isinstance(value, str) else value
 
@@ -119,8 +122,10 @@ def ray_start_params(params: dict, container: dict, head: bool, autoscaling: boo
     if "memory" not in params and "memory" in limits:
         params["memory"] = str(int(quantity(limits["memory"])))
     cores = limits.get("aws.amazon.com/neuroncore")
-    if cores and "neuron_cores" not in _advertised(params):
-        params["resources"] = "'" + json.dumps({**_advertised(params), "neuron_cores": quantity(cores)}) + "'"
+    if cores and "neuron_cores" not in advertised_resources(params):
+        amount = quantity(cores)
+        amount = int(amount) if amount.is_integer() else amount   # Go's json.Marshal writes 2.0 as 2
+        params["resources"] = "'" + json.dumps({**advertised_resources(params), "neuron_cores": amount}) + "'"
     return params
 
 

@@ -38,7 +38,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.docker_engine import DockerEngine
-from tests.kuberay_pods import PodPlan, Probe, render_rayservice
+from tests.kuberay_pods import PodPlan, Probe, advertised_resources, render_rayservice
 from tests.waiting import Timeline, format_timeline, wait_for
 
 pytestmark = pytest.mark.images
@@ -188,7 +188,14 @@ def test_rayservice_pods_run_from_the_images(engine, capsys):
             run.start(pods[group])
         wait_for(lambda: len([n for n in http.get("/nodes", params={"view": "summary"}).json()["data"]["summary"]
                               if n["raylet"]["state"] == "ALIVE"]) == 3, 180, "three Ray nodes", every_s=2)
-        timeline.mark("cpu and inf2 workers joined the cluster")
+        nodes = http.get("/api/v0/nodes", params={"detail": "true"}).json()["data"]["result"]["result"]
+        totals = {node["node_ip"]: node["resources_total"] for node in nodes}
+        for group, pod in pods.items():
+            advertised = totals[run.ip(group)]
+            assert advertised.get("CPU", 0) == float(pod.ray_start_params["num-cpus"]), (group, advertised)
+            for name, amount in advertised_resources(pod.ray_start_params).items():
+                assert advertised.get(name) == amount, (group, name, advertised)
+        timeline.mark("cpu and inf2 workers joined with the resources their rayStartParams advertise")
 
         config = serve_config_for_this_machine(doc)
         response = http.put("/api/serve/applications/", json=config, timeout=60)

@@ -205,3 +205,11 @@ def test_rendered_pods_follow_kuberay():
     assert "/tmp/ray" in head.tmpfs and head.readiness.command is None
     assert cpu.readiness.command and "8000/-/healthz" in cpu.readiness.command[-1]
     assert cpu.init_args and "ray health-check --address sentiment-head-svc" in cpu.init_args
+
+
+def test_kuberay_maps_the_neuroncore_limit_when_rayStartParams_do_not():
+    [doc] = rayservices("kuberay/")
+    group = next(g for g in doc["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "inf2")
+    del group["rayStartParams"]["resources"]
+    inf2 = {p.group: p for p in render_rayservice(doc, "t")}["inf2"]
+    assert "--resources='{\"neuron_cores\": 2}'" in inf2.args
