@@ -1,17 +1,19 @@
 """Feed an accelerator: the serving path's own rate when the model costs the CPU nothing.
 
     .venv/bin/python -m bench.device_mode [--seconds 10] [--levels 32,128] [--texts 1,16]
+    .venv/bin/python -m bench.device_mode --peers [--passes 2]     # beside LitServe on the same stand-in
 
 On Inferentia the forward runs on a NeuronCore and the replica's CPU only tokenizes, pads and moves
 requests; what the serving path sustains on the CPU is then the bound. This runs the real application
 (`serve run` of serve_config.yaml's deployments and controller_options, the fixed Neuron bucket grid,
 tokenizer, bucketing, Ingress and handles) with one change: the backend sleeps (GIL released) for the time
-a NeuronCore would take for the padded batch, instead of computing it.
+a NeuronCore would take for the padded batch, instead of computing it (bench/device_time.py: AWS's published
+inf2.xlarge DistilBERT figure). Two model replicas stand for the two NeuronCores.
 
-Device time: AWS's published Neuron benchmark for DistilBERT on inf2.xlarge, 5,308 sentences/s at batch 16
-and sequence length 128 on the instance's two NeuronCores, i.e. 2,654 x 128 padded tokens/s per core; a
-forward of batch b x seq s sleeps b * s / (2,654 * 128) s (6.0 ms for 16 x 128), at least 1 ms (a floor
-assumed for fixed per-call cost, not published). Two model replicas stand for the two NeuronCores.
+`--peers` also runs LitServe given the same stand-in (bench/litserve_device_app.py: the real tokenizer, a
+sleep for the padded forwards' device time, two workers), one server at a time, in alternating order over
+`--passes` passes, 1- and 16-text bodies at 8, 32 and 128 connections, and prints each figure's median and
+range with the per-pass ratio.
 What this does not show: the Neuron runtime's own host CPU use, real latencies per shape, or MiniLM's
 speed on a NeuronCore (a 6-layer BERT, as DistilBERT, but not the same graph).
 """
@@ -19,26 +21,19 @@ speed on a NeuronCore (a 6-layer BERT, as DistilBERT, but not the same graph).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from bench.device_time import DEVICE_BUCKETS, device_seconds
 from bench.loadgen import run_load
-from bench.run import REPO, start, stop
-
-#: Padded tokens per second of one NeuronCore (AWS: 5,308 sentences/s, batch 16 x 128 tokens, 2 cores).
-CORE_TOKENS_PER_S = 5308 / 2 * 128
-MIN_FORWARD_S = 0.001
-#: The RayService's compiled grid (kuberay/10-rayservice.yaml) with its 512 window.
-DEVICE_BUCKETS = {"batch_sizes": [1, 4, 8, 16, 32], "seq_lens": [16, 32, 64, 128, 256, 512]}
-
-
-def device_seconds(batch_size: int, seq_len: int) -> float:
-    return max(MIN_FORWARD_S, batch_size * seq_len / CORE_TOKENS_PER_S)
-
+from bench.run import LITSERVE_PORT, REPO, start, stop
 
 class DeviceTimeBackend:
     """A backend whose forward costs device time only: sleeps for the bucket's time, returns zero logits."""
@@ -82,36 +77,99 @@ def write_config(out: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.device_mode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--levels", default="32,128")
-    parser.add_argument("--texts", default="1,16", help="texts per request")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    config = write_config(args.out)
+def body_of(texts: int) -> dict:
+    return {"text": "I love using this product!"} if texts == 1 else \
+        {"text": [f"I love using this product, review {i}!" for i in range(texts)]}
+
+
+def server_commands(config: Path, out: Path) -> dict[str, tuple[list[str], str, dict]]:
+    """name -> (command, URL, extra env) of the servers this bench can run on the stand-in device."""
     serve_bin = str(Path(sys.executable).with_name("serve"))
-    url = "http://127.0.0.1:8000/analyze"
-    env = {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = start([serve_bin, "run", str(config)], url, {"text": "ok"}, args.out / "device_mode.log", env)
+    path = f"{REPO}:{os.environ.get('PYTHONPATH', '')}"
+    commands = {"serve": ([serve_bin, "run", str(config)], "http://127.0.0.1:8000/analyze",
+                          {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": path})}
+
+    def litserve():
+        from bench.peers import ensure_venv
+
+        model_dir = out / "model"
+        if not (model_dir / "config.json").is_file():  # the exported default model: its tokenizer and labels
+            subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
+        return ([str(ensure_venv("litserve") / "python"), "bench/litserve_device_app.py", str(model_dir), str(LITSERVE_PORT)],
+                f"http://127.0.0.1:{LITSERVE_PORT}/predict", {"HF_HUB_OFFLINE": "1", "PYTHONPATH": path})
+
+    commands["litserve"] = litserve
+    return commands
+
+
+def measure(name: str, command: list[str], url: str, env: dict, texts_list: list[int], levels: list[int],
+            seconds: float, log: Path) -> list[dict]:
+    proc = start(command, url, {"text": "ok"}, log, env)
     rows = []
     try:
-        for texts in [int(n) for n in args.texts.split(",")]:
-            body = {"text": "I love using this product!"} if texts == 1 else \
-                {"text": [f"I love using this product, review {i}!" for i in range(texts)]}
+        for texts in texts_list:
+            body = body_of(texts)
             run_load(url, body, 8, 3)  # warm-up
-            for connections in [int(c) for c in args.levels.split(",")]:
-                result = run_load(url, body, connections, args.seconds)
-                rows.append((texts, result))
-                print(f"  {texts:3d} texts/request c={connections:<4d} {result.rps:8.1f} req/s = "
+            for connections in levels:
+                result = run_load(url, body, connections, seconds)
+                rows.append({"server": name, "texts": texts, **result.as_dict()})
+                print(f"  {name:8s} {texts:3d} texts/request c={connections:<4d} {result.rps:8.1f} req/s = "
                       f"{result.rps * texts:8.1f} sentences/s  p50 {result.p50_ms:7.1f} ms  errors {result.errors}", flush=True)
                 time.sleep(min(10.0, max(1.0, result.p99_ms / 1000)))
     finally:
         stop(proc)
+    time.sleep(2)  # let the stopped server's processes go before the next one is measured
+    return rows
+
+
+def peer_table(rows: list[dict], passes: int) -> str:
+    """Median [range] of sentences/s per server, body and level, and the median of the per-pass ratios."""
+    lines = ["| texts per request | connections | this service sentences/s | LitServe (same stand-in) | ratio (per-pass median) |",
+             "|---:|---:|---:|---:|---:|"]
+    keys = sorted({(r["texts"], r["connections"]) for r in rows})
+    for texts, connections in keys:
+        def rates(server):
+            return {r["run"]: r["rps"] * texts for r in rows if (r["server"], r["texts"], r["connections"]) == (server, texts, connections)}
+        ours, peer = rates("serve"), rates("litserve")
+        ratios = [ours[k] / peer[k] for k in ours if k in peer and peer[k] > 0]
+        def cell(values):
+            v = sorted(values)
+            return f"{statistics.median(v):,.0f} [{v[0]:,.0f}-{v[-1]:,.0f}]" if v else "-"
+        ratio = f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "-"
+        lines.append(f"| {texts} | {connections} | {cell(ours.values())} | {cell(peer.values())} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.device_mode", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--levels", default=None, help="connections (default 32,128; with --peers 8,32,128)")
+    parser.add_argument("--texts", default="1,16", help="texts per request")
+    parser.add_argument("--peers", action="store_true", help="also run LitServe on the same stand-in device")
+    parser.add_argument("--passes", type=int, default=2, help="with --peers: passes, in alternating order")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in (args.levels or ("8,32,128" if args.peers else "32,128")).split(",")]
+    texts_list = [int(n) for n in args.texts.split(",")]
+    commands = server_commands(write_config(args.out), args.out)
+    names = ["serve", "litserve"] if args.peers else ["serve"]
+    rows = []
+    for pass_no in range(1, (args.passes if args.peers else 1) + 1):
+        order = names if pass_no % 2 else names[::-1]
+        for name in order:
+            print(f"pass {pass_no}: {name} ...", flush=True)
+            spec = commands[name]
+            command, url, env = spec() if callable(spec) else spec
+            for row in measure(name, command, url, env, texts_list, levels, args.seconds, args.out / f"device_{name}.log"):
+                rows.append({**row, "run": pass_no})
+    (args.out / "device_mode.json").write_text(json.dumps({"levels": levels, "texts": texts_list, "rows": rows}, indent=1))
+    if args.peers:
+        print("\n" + peer_table(rows, args.passes))
+        return 0
     print("\n| texts per request | connections | req/s | sentences/s | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|---:|---:|")
-    for texts, r in rows:
-        print(f"| {texts} | {r.connections} | {r.rps:.1f} | {r.rps * texts:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |")
+    for r in rows:
+        print(f"| {r['texts']} | {r['connections']} | {r['rps']:.1f} | {r['rps'] * r['texts']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
     return 0
 
 

@@ -90,7 +90,8 @@ def test_the_device_mode_spends_the_published_device_time_off_the_cpu():
 
     import torch
 
-    from bench.device_mode import DEVICE_BUCKETS, DeviceTimeBackend, device_seconds
+    from bench.device_mode import DeviceTimeBackend
+    from bench.device_time import DEVICE_BUCKETS, device_seconds
     from serve_app.config import BucketSettings
 
     assert abs(device_seconds(16, 128) - 16 / 2654) < 1e-9
@@ -100,6 +101,27 @@ def test_the_device_mode_spends_the_published_device_time_off_the_cpu():
     logits = backend.forward(torch.ones((32, 512), dtype=torch.long), torch.ones((32, 512), dtype=torch.long))
     assert logits.shape == (32, 2)
     assert time.perf_counter() - wall >= device_seconds(32, 512) > 10 * (time.process_time() - cpu)
+
+
+def test_the_litserve_peer_sleeps_for_the_same_padded_forwards():
+    """bench/device_time.py, as the LitServe device-mode peer charges a batch: chunks of at most 32 texts, each
+    padded to the batch and sequence buckets that hold it."""
+    from bench.device_time import device_seconds, padded_batches_seconds
+
+    assert padded_batches_seconds([9]) == device_seconds(1, 16)
+    assert padded_batches_seconds([9, 20, 3]) == device_seconds(4, 32)
+    assert padded_batches_seconds([12] * 16) == device_seconds(16, 16)
+    assert padded_batches_seconds([12] * 40) == device_seconds(32, 16) + device_seconds(8, 16)
+    assert padded_batches_seconds([600]) == device_seconds(1, 512)
+
+
+def test_the_peer_table_reports_median_range_and_per_pass_ratio():
+    from bench.device_mode import peer_table
+
+    rows = [{"server": s, "texts": 16, "connections": 32, "rps": rps, "run": run}
+            for s, run, rps in (("serve", 1, 100), ("litserve", 1, 50), ("serve", 2, 120), ("litserve", 2, 100))]
+    [line] = [l for l in peer_table(rows, 2).splitlines() if l.startswith("| 16 |")]
+    assert line == "| 16 | 32 | 1,760 [1,600-1,920] | 1,200 [800-1,600] | 1.60 [1.20-2.00] |"
 
 
 def test_ab_variants_name_a_config_and_optionally_another_checkout(tmp_path):
