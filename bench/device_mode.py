@@ -28,12 +28,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from bench.device_time import DEVICE_BUCKETS, device_seconds
 from bench.loadgen import run_load
 from bench.run import LITSERVE_PORT, REPO, start, stop
+
 
 class DeviceTimeBackend:
     """A backend whose forward costs device time only: sleeps for the bucket's time, returns zero logits."""
@@ -82,12 +84,14 @@ def body_of(texts: int) -> dict:
         {"text": [f"I love using this product, review {i}!" for i in range(texts)]}
 
 
-def server_commands(config: Path, out: Path) -> dict[str, tuple[list[str], str, dict]]:
-    """name -> (command, URL, extra env) of the servers this bench can run on the stand-in device."""
-    serve_bin = str(Path(sys.executable).with_name("serve"))
+def server_commands(config: Path, out: Path) -> dict[str, Callable[[], tuple[list[str], str, dict]]]:
+    """name -> a function giving (command, URL, extra env) of a server this bench runs on the stand-in device
+    (called when that server is first needed: the LitServe peer's virtualenv and model are made then)."""
     path = f"{REPO}:{os.environ.get('PYTHONPATH', '')}"
-    commands = {"serve": ([serve_bin, "run", str(config)], "http://127.0.0.1:8000/analyze",
-                          {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": path})}
+
+    def serve():
+        return ([str(Path(sys.executable).with_name("serve")), "run", str(config)], "http://127.0.0.1:8000/analyze",
+                {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": path})
 
     def litserve():
         from bench.peers import ensure_venv
@@ -98,8 +102,7 @@ def server_commands(config: Path, out: Path) -> dict[str, tuple[list[str], str, 
         return ([str(ensure_venv("litserve") / "python"), "bench/litserve_device_app.py", str(model_dir), str(LITSERVE_PORT)],
                 f"http://127.0.0.1:{LITSERVE_PORT}/predict", {"HF_HUB_OFFLINE": "1", "PYTHONPATH": path})
 
-    commands["litserve"] = litserve
-    return commands
+    return {"serve": serve, "litserve": litserve}
 
 
 def measure(name: str, command: list[str], url: str, env: dict, texts_list: list[int], levels: list[int],
@@ -122,7 +125,7 @@ def measure(name: str, command: list[str], url: str, env: dict, texts_list: list
     return rows
 
 
-def peer_table(rows: list[dict], passes: int) -> str:
+def peer_table(rows: list[dict]) -> str:
     """Median [range] of sentences/s per server, body and level, and the median of the per-pass ratios."""
     lines = ["| texts per request | connections | this service sentences/s | LitServe (same stand-in) | ratio (per-pass median) |",
              "|---:|---:|---:|---:|---:|"]
@@ -159,13 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         order = names if pass_no % 2 else names[::-1]
         for name in order:
             print(f"pass {pass_no}: {name} ...", flush=True)
-            spec = commands[name]
-            command, url, env = spec() if callable(spec) else spec
+            command, url, env = commands[name]()
             for row in measure(name, command, url, env, texts_list, levels, args.seconds, args.out / f"device_{name}.log"):
                 rows.append({**row, "run": pass_no})
     (args.out / "device_mode.json").write_text(json.dumps({"levels": levels, "texts": texts_list, "rows": rows}, indent=1))
     if args.peers:
-        print("\n" + peer_table(rows, args.passes))
+        print("\n" + peer_table(rows))
         return 0
     print("\n| texts per request | connections | req/s | sentences/s | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -68,8 +68,8 @@ class DockerEngine:
     def env(self) -> dict:
         return {**os.environ, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "1"}
 
-    def docker(self, *args: str, timeout: float = 120, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([self.cli, *args], env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
+    def docker(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([self.cli, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"docker {' '.join(args[:3])} ... exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
@@ -138,7 +138,8 @@ class DockerEngine:
         """Reject traffic from `network` to anything outside its subnet (the containers reach each other and
         the ports published on 127.0.0.1, nothing else). Returns the iptables rule, or None where this engine
         is not this machine's (then nothing is done)."""
-        if self.pid is None and not self.host.startswith("unix://") or shutil.which("iptables") is None:
+        on_this_machine = self.pid is not None or self.host.startswith("unix://")
+        if not on_this_machine or shutil.which("iptables") is None:
             return None
         subnet = self.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", network).stdout.strip()
         rule = ["DOCKER-USER", "-s", subnet, "!", "-d", subnet, "-j", "REJECT"]

@@ -129,9 +129,10 @@ def ray_start_params(params: dict, container: dict, head: bool, autoscaling: boo
     return params
 
 
-def _probes(head: bool, serve_worker: bool) -> tuple[Probe, Probe]:
+def _probes(head: bool) -> tuple[Probe, Probe]:
+    """A RayService's probes (the only kind rendered here): a worker's readiness also asks its Serve proxy."""
     http = Probe(port=AGENT_PORT, path="/api/healthz")
-    if head or not serve_worker:
+    if head:
         return http, http
     raylet = WGET.format(timeout=1, port=AGENT_PORT, path="api/local_raylet_healthz")
     proxy = WGET.format(timeout=10, port=SERVE_PORT, path="-/healthz")
@@ -176,7 +177,7 @@ def render_pod(cluster: dict, spec: dict, *, cluster_name: str, namespace: str, 
     if head and autoscaling:
         tmpfs.setdefault("/tmp/ray", tmpfs.get("/tmp", 2**30))
     limits = container.get("resources", {}).get("limits", {})
-    liveness, readiness = _probes(head, serve_worker=True)
+    liveness, readiness = _probes(head)
     init = None
     if not head:
         init = (f"SECONDS=0; while true; do if ray health-check --address {head_fqdn}:{GCS_PORT} > /dev/null 2>&1; "

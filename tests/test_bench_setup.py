@@ -120,7 +120,7 @@ def test_the_peer_table_reports_median_range_and_per_pass_ratio():
 
     rows = [{"server": s, "texts": 16, "connections": 32, "rps": rps, "run": run}
             for s, run, rps in (("serve", 1, 100), ("litserve", 1, 50), ("serve", 2, 120), ("litserve", 2, 100))]
-    [line] = [l for l in peer_table(rows, 2).splitlines() if l.startswith("| 16 |")]
+    [line] = [l for l in peer_table(rows).splitlines() if l.startswith("| 16 |")]
     assert line == "| 16 | 32 | 1,760 [1,600-1,920] | 1,200 [800-1,600] | 1.60 [1.20-2.00] |"
 
 
