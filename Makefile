@@ -33,10 +33,10 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not serve and not train and not cluster" $(PYTEST_ARGS)
 
 export-model: install
-	$(BIN)/python -m serve_app.export_model artifacts/default-model
+	$(BIN)/python -m serve_app.model.export artifacts/default-model
 
 compile: install
-	$(BIN)/python -m serve_app.compile --backend jit --out artifacts/compile-cache
+	$(BIN)/python -m serve_app.backends.precompile --backend jit --out artifacts/compile-cache
 
 train: install
 	$(BIN)/python -m training.finetune --config training/configs/default.yaml

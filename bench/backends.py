@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from bench import onnx_backend
-from serve_app.classifier import Classifier, build_classifier
+from serve_app.model.classifier import Classifier, build_classifier
 from serve_app.config import AppConfig
-from serve_app.model_source import load_classifier
+from serve_app.model.source import load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 

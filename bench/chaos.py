@@ -8,7 +8,7 @@ Needs the service started on this machine by `serve run serve_config.yaml` (any 
 at `--event-at` seconds the event happens:
 - user_config:   `serve deploy` of the config with changed user_config (replicas reconfigured in place);
 - model_version: `serve deploy` of the config serving another model version (the default model exported
-                 to a directory by `python -m serve_app.export_model`: every replica is replaced);
+                 to a directory by `python -m serve_app.model.export`: every replica is replaced);
 - kill_model:    SIGKILL of one SentimentModel replica;
 - kill_ingress:  SIGKILL of the Ingress replica.
 Per event it prints failed requests (by status or exception), p50/p99 latency before and in the 10 s after
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         exported = workdir / "model-v2"
         if "model_version" in events:
-            subprocess.run([sys.executable, "-m", "serve_app.export_model", str(exported)], check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "serve_app.model.export", str(exported)], check=True, capture_output=True)
         for n, event in enumerate(events):
             if n:
                 time.sleep(args.settle)

@@ -98,7 +98,7 @@ def server_commands(config: Path, out: Path) -> dict[str, Callable[[], tuple[lis
 
         model_dir = out / "model"
         if not (model_dir / "config.json").is_file():  # the exported default model: its tokenizer and labels
-            subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
+            subprocess.run([sys.executable, "-m", "serve_app.model.export", str(model_dir)], cwd=REPO, check=True)
         return ([str(ensure_venv("litserve") / "python"), "bench/litserve_device_app.py", str(model_dir), str(LITSERVE_PORT)],
                 f"http://127.0.0.1:{LITSERVE_PORT}/predict", {"HF_HUB_OFFLINE": "1", "PYTHONPATH": path})
 

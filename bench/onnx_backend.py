@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from serve_app.backends.base import example_inputs, logits_module
-from serve_app.buckets import BucketGrid
+from serve_app.batching.buckets import BucketGrid
 
 
 def available() -> bool:

@@ -26,9 +26,9 @@ BATCHES = (1, 2, 4, 8, 16, 32)
 
 def build(args: dict, packed: bool):
     from serve_app.backends import cpu
-    from serve_app.classifier import build_classifier
+    from serve_app.model.classifier import build_classifier
     from serve_app.config import AppConfig
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     config = AppConfig.model_validate(args)
     with mock.patch.object(cpu, "pack_linears", cpu.pack_linears if packed else (lambda module: module)):

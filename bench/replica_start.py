@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 started = time.monotonic()
-from serve_app.classifier import build_classifier
+from serve_app.model.classifier import build_classifier
 from serve_app.config import AppConfig
-from serve_app.model_source import load_classifier
+from serve_app.model.source import load_classifier
 config = AppConfig(model="default", backend="neuronx", compile_cache_dir=sys.argv[1], compile_cache_uri=sys.argv[2] or None)
 loaded = load_classifier(config.model)
 classifier = build_classifier(config, loaded)

@@ -4,8 +4,8 @@
 
 The limits bound a request: at most `max_texts_per_request` texts of at most `max_text_chars` characters,
 and at most `max_request_tokens` tokens counted as the sum of min(characters, window) over its texts
-(serve_app/api.py). For the costliest requests those limits admit, this prints the tokenizer's CPU
-time with the service's window tokenizer (serve_app/window.py) beside the plain
+(serve_app/api/routes.py). For the costliest requests those limits admit, this prints the tokenizer's CPU
+time with the service's window tokenizer (serve_app/model/window.py) beside the plain
 `tokenizer(texts, truncation=True)` call it replaces, in one run, then the whole classify (tokenize +
 bucket + forward, one thread, the served precision) of the worst one: the worst case of one request.
 """
@@ -60,8 +60,8 @@ def cpu_ms(work, repeat: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from serve_app.classifier import build_classifier
-    from serve_app.model_source import load_classifier
+    from serve_app.model.classifier import build_classifier
+    from serve_app.model.source import load_classifier
 
     parser = argparse.ArgumentParser(prog="python -m bench.request_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")

@@ -167,9 +167,9 @@ def _forward_rate(model_dir: Path, batch: int, seconds: float, threads: int | No
     the served config's precision (`served`: quantize / dtype)."""
     import torch
 
-    from serve_app.classifier import build_classifier
+    from serve_app.model.classifier import build_classifier
     from serve_app.config import AppConfig, BucketSettings
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     if threads:
         torch.set_num_threads(threads)
@@ -191,13 +191,13 @@ def seed_model_dir(model_dir: Path) -> Path:
     pooling layer.
 
     `transformers.pipeline` cannot mean-pool, so a mean-pooled export carries the pooling as a seventh
-    encoder layer (serve_app/pooling.py), which the service skips and `pipeline()` would pay in full
+    encoder layer (serve_app/model/pooling.py), which the service skips and `pipeline()` would pay in full
     (+1.1 ms a request here, +13%). Without it the seed runs exactly the six trained encoder layers the
     service runs and reads [CLS] through the pooler: the same cost per request, not the same predictions.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from serve_app.pooling import remove_mean_pooling_layer
+    from serve_app.model.pooling import remove_mean_pooling_layer
 
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
     if not remove_mean_pooling_layer(model):
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     model_dir = args.out / "model"
     # Always re-export: a stale directory from an earlier default model would benchmark other weights.
-    subprocess.run([sys.executable, "-m", "serve_app.export_model", str(model_dir)], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "serve_app.model.export", str(model_dir)], cwd=REPO, check=True)
     seed_dir = seed_model_dir(model_dir)
     served = precision_args(REPO / args.config)
     servers = define_servers(args.servers.split(","), args.config, serve_env, seed_dir, describe_precision(served),

@@ -1,5 +1,5 @@
 """The seed article's app.py, as written there (Flask + transformers.pipeline, one request at a time),
-except that the model is the directory `python -m serve_app.export_model DIR` wrote (same weights as
+except that the model is the directory `python -m serve_app.model.export DIR` wrote (same weights as
 ours) instead of the pipeline's hub default.
 
     python bench/seed_app.py DIR PORT

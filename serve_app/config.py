@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.buckets import BucketGrid
+from serve_app.batching.buckets import BucketGrid
 
 BackendName = Literal["auto", "cpu", "jit", "neuronx", "neuron"]
 

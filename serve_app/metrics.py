@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from functools import cached_property
 
-from serve_app.classifier import BatchReport
+from serve_app.model.classifier import BatchReport
 
 LATENCY_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 SIZE_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]

@@ -20,7 +20,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from serve_app.model_source import packaged_base_dir
+    from serve_app.model.source import packaged_base_dir
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_base_dir()))

@@ -7,10 +7,10 @@ import asyncio
 import httpx
 import pytest
 
-from serve_app.api import create_api
+from serve_app.api.routes import create_api
 from serve_app.config import AppConfig
-from serve_app.errors import BackendFailure, Overloaded
-from serve_app.schemas import ModelInfo, Prediction
+from serve_app.api.errors import BackendFailure, Overloaded
+from serve_app.api.schemas import ModelInfo, Prediction
 
 
 class FakeClient:

@@ -9,7 +9,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app.api import create_api
+from serve_app.api.routes import create_api
 from serve_app.config import AppConfig
 from tests.test_api import FakeClient
 

@@ -67,7 +67,7 @@ def test_the_seed_serves_a_mean_pooled_model_without_its_pooling_layer(tmp_path,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from bench.run import seed_model_dir
-    from serve_app.pooling import add_mean_pooling_layer
+    from serve_app.model.pooling import add_mean_pooling_layer
 
     plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir))
     assert seed_model_dir(tiny_model_dir) == tiny_model_dir  # nothing to strip

@@ -1,4 +1,4 @@
-"""serve_app/body_limit.py: POST /analyze bodies are bounded before FastAPI reads them; everything else
+"""serve_app/api/body_limit.py: POST /analyze bodies are bounded before FastAPI reads them; everything else
 passes through unchanged, and FastAPI's route answers every request."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 
-from serve_app.api import create_api
-from serve_app.body_limit import BodyLimit, BodyTooLarge, declared_length, read_body, replaying, route_path
+from serve_app.api.routes import create_api
+from serve_app.api.body_limit import BodyLimit, BodyTooLarge, declared_length, read_body, replaying, route_path
 from serve_app.config import AppConfig
 from tests.test_api import FakeClient
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from serve_app.buckets import Bucket, BucketGrid, pad_to_bucket, padding_waste, pick_bucket, plan_groups
+from serve_app.batching.buckets import Bucket, BucketGrid, pad_to_bucket, padding_waste, pick_bucket, plan_groups
 
 GRID = BucketGrid((1, 4, 8, 16, 32), (16, 32, 64, 128))
 

@@ -8,9 +8,9 @@ import torch
 from serve_app.backends import create_backend
 from serve_app.backends.base import example_inputs
 from serve_app.backends.cpu import has_native_bf16, resolve_dtype, resolve_precision
-from serve_app.classifier import Classifier
+from serve_app.model.classifier import Classifier
 from serve_app.config import AppConfig
-from serve_app.model_source import load_classifier
+from serve_app.model.source import load_classifier
 
 TEXTS = [
     "a masterpiece",

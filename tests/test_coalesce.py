@@ -1,4 +1,4 @@
-"""The ingress's request coalescing (serve_app/coalesce.py and CoalescingClient), without Ray."""
+"""The ingress's request coalescing (serve_app/batching/coalesce.py and CoalescingClient), without Ray."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from serve_app.coalesce import Coalescer
+from serve_app.batching.coalesce import Coalescer
 from serve_app.config import CoalesceSettings
-from serve_app.deployments import CoalescingClient
-from serve_app.schemas import ModelInfo, Prediction
+from serve_app.deployments.model import CoalescingClient
+from serve_app.api.schemas import ModelInfo, Prediction
 
 
 class SlowHandler:
@@ -169,7 +169,7 @@ def test_a_cancelled_caller_is_left_out_of_the_batch():
 
 
 def test_a_full_queue_refuses_at_once():
-    from serve_app.coalesce import QueueFull
+    from serve_app.batching.coalesce import QueueFull
 
     async def main():
         coalescer = Coalescer(SlowHandler(delay_s=0.05), max_size=1, max_queued=2)
@@ -295,7 +295,7 @@ class ClassifierClient:
         self.calls: list[list[str]] = []
 
     async def classify(self, texts: list[str]) -> list[Prediction]:
-        from serve_app.errors import BackendFailure
+        from serve_app.api.errors import BackendFailure
 
         self.calls.append(list(texts))
         await asyncio.sleep(0.02)  # lets the other requests queue behind the first call
@@ -309,10 +309,10 @@ def test_one_poisoned_request_fails_alone_with_the_real_tokenizer(tiny_model_dir
     """The real tokenizer raises on a lone surrogate (the HTTP layer refuses it with 422; here it is sent
     past that layer, as any other text the tokenizer might reject). Every other request merged into the
     same call still gets its answer, equal to its answer alone."""
-    from serve_app.classifier import build_classifier
+    from serve_app.model.classifier import build_classifier
     from serve_app.config import AppConfig
-    from serve_app.errors import BackendFailure
-    from serve_app.model_source import load_classifier
+    from serve_app.api.errors import BackendFailure
+    from serve_app.model.source import load_classifier
 
     classifier = build_classifier(AppConfig(model=str(tiny_model_dir)), load_classifier(str(tiny_model_dir)))
     good = [["a fine film"], ["dull , far too long", "great"], ["ok"]]
@@ -337,7 +337,7 @@ def test_one_poisoned_request_fails_alone_with_the_real_tokenizer(tiny_model_dir
 
 
 def test_overload_still_fails_the_whole_call():
-    from serve_app.errors import Overloaded
+    from serve_app.api.errors import Overloaded
 
     class Busy(FakeModel):
         async def classify(self, texts):

@@ -40,7 +40,7 @@ def logits(loaded):
 def test_full_rank_factors_reproduce_the_fine_tune(tmp_path, tiny_model_dir, pooling):
     from safetensors import safe_open
 
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     written = tuned_exports(tmp_path, tiny_model_dir, rank=32, pooling=pooling)  # hidden 32: full rank
     with safe_open(str(written["adapter"] / "adapter_model.safetensors"), "pt") as weights:
@@ -52,7 +52,7 @@ def test_full_rank_factors_reproduce_the_fine_tune(tmp_path, tiny_model_dir, poo
 
 
 def test_low_rank_factors_still_load_and_stay_close(tmp_path, tiny_model_dir):
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     written = tuned_exports(tmp_path, tiny_model_dir, rank=4)
     adapter, full = load_classifier(str(written["adapter"])), load_classifier(str(written["model"]))
@@ -62,7 +62,7 @@ def test_low_rank_factors_still_load_and_stay_close(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_residuals_recover_what_low_rank_factors_miss(tmp_path, tiny_model_dir, bits):
-    from serve_app.model_source import RESIDUALS_FILE, load_classifier
+    from serve_app.model.source import RESIDUALS_FILE, load_classifier
 
     from safetensors import safe_open
 
@@ -93,7 +93,7 @@ def test_export_flag_writes_a_kept_checkpoint_with_new_export_settings(tmp_path,
     from training.finetune import main as finetune_main
     from training.modeling import TRAIN_STATE_FILE, trainable_state
 
-    from serve_app.model_source import RESIDUALS_FILE, load_classifier
+    from serve_app.model.source import RESIDUALS_FILE, load_classifier
 
     settings = [f"base_model={tiny_model_dir}", "data.source=unused", "method=full", "pooling=mean"]
     config = TrainConfig.model_validate({"base_model": str(tiny_model_dir), "data": {"source": "unused"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.deployments import SentimentModel
+from serve_app.deployments.model import SentimentModel
 
 
 class WrappedBackend:
@@ -126,7 +126,7 @@ def test_the_ingress_names_the_slow_mode_and_the_fast_command(caplog):
     which mode it runs in and the command for the fast one; in throughput mode it says nothing."""
     import logging
 
-    from serve_app.deployments import warn_if_slow_mode
+    from serve_app.deployments.model import warn_if_slow_mode
 
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         assert warn_if_slow_mode({}) is True

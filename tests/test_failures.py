@@ -9,13 +9,13 @@ import httpx
 import pytest
 import torch
 
-from serve_app.api import create_api
-from serve_app.coalesce import Coalescer, QueueFull
+from serve_app.api.routes import create_api
+from serve_app.batching.coalesce import Coalescer, QueueFull
 from serve_app.config import AppConfig, CoalesceSettings
-from serve_app.deployments import CoalescingClient, HandleClient
-from serve_app.errors import BackendFailure, NotReady, Overloaded
-from serve_app.residuals import dequantize_rows, quantize_rows
-from serve_app.schemas import ModelInfo, Prediction
+from serve_app.deployments.model import CoalescingClient, HandleClient
+from serve_app.api.errors import BackendFailure, NotReady, Overloaded
+from serve_app.model.residuals import dequantize_rows, quantize_rows
+from serve_app.api.schemas import ModelInfo, Prediction
 
 
 def run(coro):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app.classifier import BatchReport
+from serve_app.model.classifier import BatchReport
 from serve_app.metrics import IngressMetrics, ModelMetrics
 
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from serve_app import model_source
-from serve_app.model_source import ModelLoadError, load_classifier, packaged_base_dir
+from serve_app.model import source as model_source
+from serve_app.model.source import ModelLoadError, load_classifier, packaged_base_dir
 
 
 def test_packaged_base_checksum_is_checked():
@@ -52,7 +52,7 @@ def test_default_slot_missing_is_a_clear_error(monkeypatch, tmp_path):
 def test_remote_export_is_cached_by_version_and_renamed_into_place(tiny_model_dir, tmp_path):
     """file:// stands in for s3:// (the same pyarrow.fs calls). A new export under the same URI is fetched
     again; an unchanged one is not; no partial copy is left behind."""
-    from serve_app.model_source import fetch_remote_dir, load_classifier
+    from serve_app.model.source import fetch_remote_dir, load_classifier
     from tests.conftest import build_tiny_model
 
     export = tmp_path / "bucket" / "runs" / "r1" / "export" / "model"

@@ -20,9 +20,9 @@ import torch
 
 from serve_app.backends import BackendError, create_backend, resolve_backend_name
 from serve_app.backends.neuronx import pin_neuron_cores
-from serve_app.classifier import Classifier
+from serve_app.model.classifier import Classifier
 from serve_app.config import AppConfig
-from serve_app.model_source import load_classifier
+from serve_app.model.source import load_classifier
 
 pytestmark = pytest.mark.neuron
 
@@ -176,7 +176,7 @@ def test_missing_sdk_is_a_clear_error(loaded, tmp_path, monkeypatch):
 
 
 def test_compile_cli_writes_one_artifact_per_bucket(tiny_model_dir, tmp_path, capsys):
-    from serve_app.compile import main
+    from serve_app.backends.precompile import main
 
     assert main(["--backend", "jit", "--out", str(tmp_path), "--model", str(tiny_model_dir),
                  "--batch-sizes", "1,4", "--seq-lens", "16,32"]) == 0
@@ -251,7 +251,7 @@ def test_concurrent_processes_compile_each_bucket_once(tiny_model_dir, tmp_path)
     by one of them; the other waits on the bucket's file lock and loads it."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "serve_app.compile", "--backend", "jit", "--out", str(tmp_path / "cache"),
+    cmd = [sys.executable, "-m", "serve_app.backends.precompile", "--backend", "jit", "--out", str(tmp_path / "cache"),
            "--model", str(tiny_model_dir), "--batch-sizes", "1,4,8", "--seq-lens", "16,32"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]

@@ -1,5 +1,5 @@
 """Unit tests (no Ray): answers equal transformers.pipeline's, and each text is read only as far as its
-window needs (serve_app/window.py), on the real MiniLM tokenizer."""
+window needs (serve_app/model/window.py), on the real MiniLM tokenizer."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve_app.classifier import ModelMismatch, build_classifier, score_function
+from serve_app.model.classifier import ModelMismatch, build_classifier, score_function
 from serve_app.config import AppConfig
-from serve_app.model_source import load_classifier, packaged_base_dir
-from serve_app.window import encode_window
+from serve_app.model.source import load_classifier, packaged_base_dir
+from serve_app.model.window import encode_window
 
 
 @pytest.fixture(scope="module")

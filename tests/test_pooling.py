@@ -1,11 +1,11 @@
-"""The mean-pooling layer (serve_app/pooling.py) on a tiny random BERT: no Ray, no training."""
+"""The mean-pooling layer (serve_app/model/pooling.py) on a tiny random BERT: no Ray, no training."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from serve_app.pooling import add_mean_pooling_layer, mean_pool
+from serve_app.model.pooling import add_mean_pooling_layer, mean_pool
 
 TEXTS = ["a fine film", "a dull, lifeless and far too long film that nobody should see", "ok"]
 
@@ -71,7 +71,7 @@ def test_a_model_without_an_encoder_is_refused():
 
 def test_the_served_module_skips_the_pooling_layer_and_gives_the_same_logits(tiny):
     from serve_app.backends.base import LogitsOnly, logits_module
-    from serve_app.pooling import MeanPooledLogits
+    from serve_app.model.pooling import MeanPooledLogits
 
     tokenizer, model = tiny
     assert isinstance(logits_module(model), LogitsOnly)  # a [CLS] classifier runs as is
@@ -104,7 +104,7 @@ def test_backends_serve_a_mean_pooled_model(tiny, backend):
     from serve_app.backends.compiled import CompiledBackend
     from serve_app.backends.cpu import CpuBackend
     from serve_app.backends.jit import jit_compiler
-    from serve_app.buckets import BucketGrid
+    from serve_app.batching.buckets import BucketGrid
 
     tokenizer, model = tiny
     add_mean_pooling_layer(model)

@@ -1,11 +1,11 @@
-"""Per-row int4/int8 quantization of weight residuals (serve_app/residuals.py): pure unit tests."""
+"""Per-row int4/int8 quantization of weight residuals (serve_app/model/residuals.py): pure unit tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from serve_app.residuals import apply_residuals, dequantize_rows, quantize_rows, save_residuals
+from serve_app.model.residuals import apply_residuals, dequantize_rows, quantize_rows, save_residuals
 
 
 @pytest.mark.parametrize("bits", [4, 8])

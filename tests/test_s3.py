@@ -4,7 +4,7 @@ Each identity holds the grant docs/eks.md gives the IAM role it stands for (`sen
 pods, `sentiment-train` for the RayJob), and the code reaches the server as the pods reach S3: pyarrow's S3
 filesystem with credentials from the environment, only the endpoint overridden (AWS_ENDPOINT_URL).
 Exercised: the shared compile cache between two "pods" (`compile_cache_uri`), `model: s3://` from
-`serve_app.export_model` output, the RayJob's `data.source=s3://...` (parquet, uploaded as docs/eks.md does)
+`serve_app.model.export` output, the RayJob's `data.source=s3://...` (parquet, uploaded as docs/eks.md does)
 and Ray Train's `storage_path` on S3 with a resume from its checkpoint; and what the earlier, object-only grant
 (no s3:ListBucket) does: Arrow's CreateDir is refused (HeadBucket), and the compile cache says so in one line.
 What it does NOT prove: IRSA / Pod Identity credentials, AWS's own authorization engine (tests/s3_server.py
@@ -20,7 +20,7 @@ import pytest
 
 from serve_app.backends import create_backend
 from serve_app.config import AppConfig
-from serve_app.model_source import ModelLoadError, load_classifier
+from serve_app.model.source import ModelLoadError, load_classifier
 from tests.s3_server import start_seaweedfs
 
 pytestmark = pytest.mark.s3
@@ -112,11 +112,11 @@ def test_a_store_that_refuses_uploads_is_said_once(s3, as_identity, loaded, tmp_
 
 
 def test_model_from_an_s3_export(s3, as_identity, tmp_path, monkeypatch):
-    """`python -m serve_app.export_model DIR`, uploaded under runs/ as a fine-tune's export is, then served
+    """`python -m serve_app.model.export DIR`, uploaded under runs/ as a fine-tune's export is, then served
     from `model: s3://...` by the serving identity: the same weights, labels and answers."""
     import torch
 
-    from serve_app.export_model import main as export_main
+    from serve_app.model.export import main as export_main
 
     assert export_main([str(tmp_path / "export")]) == 0
     s3.upload_dir(tmp_path / "export", "runs/exported/export/model")

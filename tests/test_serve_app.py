@@ -122,7 +122,7 @@ def test_user_config_reaches_reconfigure(serve_url, tiny_model_dir):
     from ray import serve
 
     from serve_app.config import AppConfig
-    from serve_app.deployments import Ingress, SentimentModel
+    from serve_app.deployments.model import Ingress, SentimentModel
 
     settings = AppConfig(
         model=str(tiny_model_dir), limits={"max_texts_per_request": 8, "max_text_chars": 500}
@@ -160,7 +160,7 @@ def test_overload_gets_fast_429s_then_recovers(serve_url, tiny_model_dir):
     from ray import serve
 
     from serve_app.config import AppConfig
-    from serve_app.deployments import Ingress, SentimentModel
+    from serve_app.deployments.model import Ingress, SentimentModel
 
     settings = AppConfig(model=str(tiny_model_dir)).model_dump()
     model = SentimentModel.options(

@@ -42,9 +42,9 @@ def tiny_config(tmp_path, tiny_model_dir, sst2_dir, **overrides) -> TrainConfig:
 
 def test_two_worker_run_exports_a_model_the_service_loads(ray_cluster, tmp_path, tiny_model_dir, sst2_dir):
     from serve_app.backends import create_backend
-    from serve_app.classifier import Classifier
+    from serve_app.model.classifier import Classifier
     from serve_app.config import AppConfig
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     from training.config import DataConfig
     from training.data import load_split
@@ -133,7 +133,7 @@ def test_top_layers_in_full_export_fp16_and_load(ray_cluster, tmp_path, tiny_mod
     loads the adapter with the same predictions as the merged full export."""
     from safetensors import safe_open
 
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     summary = run(tiny_config(tmp_path, tiny_model_dir, sst2_dir, max_steps=3, run_name="top1",
                               lora={"full_top_layers": 1}))
@@ -163,7 +163,7 @@ def test_mean_pooling_exports_agree_and_the_pooling_layer_is_not_stored(ray_clus
     import torch
     from safetensors import safe_open
 
-    from serve_app.model_source import load_classifier
+    from serve_app.model.source import load_classifier
 
     summary = run(tiny_config(tmp_path, tiny_model_dir, sst2_dir, max_steps=3, run_name="mean", pooling="mean"))
     adapter_dir = tmp_path / "runs/mean/export/adapter"

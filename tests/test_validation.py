@@ -3,10 +3,10 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.api import validate_texts
+from serve_app.api.routes import validate_texts
 from serve_app.config import AppConfig, BatchSettings, LimitSettings, parse_app_args
-from serve_app.errors import InvalidInput, TooLarge
-from serve_app.schemas import AnalyzeRequest
+from serve_app.api.errors import InvalidInput, TooLarge
+from serve_app.api.schemas import AnalyzeRequest
 
 LIMITS = LimitSettings(max_texts_per_request=3, max_text_chars=20)
 

@@ -3,10 +3,10 @@
 Each encoder Linear's weight change is factored by SVD into a rank-r LoRA pair (exact when r reaches
 the change's rank); biases (`bias="all"`), LayerNorms, position and token-type embeddings, pooler and
 classifier are stored in full. The word embeddings stay out of the adapter (30k x hidden would not fit).
-The result loads like any adapter (`serve_app.model_source`), merged once at start-up, so requests pay
+The result loads like any adapter (`serve_app.model.source`), merged once at start-up, so requests pay
 nothing for the factoring. What the factors miss, and the word-embedding rows the fine-tune moved (only
 tokens seen in training move beyond weight decay: ~11k of 30k on SST-2, worth ~0.8 pt of dev accuracy),
-are `residuals`: stored next to the adapter quantized per row (serve_app/residuals.py), added back at load.
+are `residuals`: stored next to the adapter quantized per row (serve_app/model/residuals.py), added back at load.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class TrainConfig(_Strict):
     pooling: Literal["cls", "mean"] = Field(
         "cls",
         description="'cls': BERT's [CLS] token through its pooler; 'mean': the mean of the token states "
-        "(what all-MiniLM-L6-v2 was trained for), built as one extra plain BERT layer (serve_app/pooling.py) "
+        "(what all-MiniLM-L6-v2 was trained for), built as one extra plain BERT layer (serve_app/model/pooling.py) "
         "so the export stays a standard BertForSequenceClassification.",
     )
     full_export_rank: Optional[int] = Field(
@@ -75,7 +75,7 @@ class TrainConfig(_Strict):
     full_export_bits: Optional[Literal[4, 8]] = Field(
         None,
         description="With full_export_rank: also store what the factors miss, quantized per output row to "
-        "int4 or int8 (adapter/weight_residuals.safetensors, added back at load; serve_app/residuals.py).",
+        "int4 or int8 (adapter/weight_residuals.safetensors, added back at load; serve_app/model/residuals.py).",
     )
     labels: list[str] = Field(default_factory=lambda: ["NEGATIVE", "POSITIVE"], description="Label names by class id.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks).")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from serve_app.model_source import resolve_base
-from serve_app.pooling import add_mean_pooling_layer
+from serve_app.model.source import resolve_base
+from serve_app.model.pooling import add_mean_pooling_layer
 from training.config import TrainConfig
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -129,8 +129,8 @@ def write_exports(config: TrainConfig, model, tokenizer, out_dir: Path) -> dict[
               f"mean {sum(relative) / len(relative):.3f}, max {max(relative):.3f}", flush=True)
         written["adapter"] = _save_adapter(config, factored.model, out_dir / "adapter")
         if config.full_export_bits:
-            from serve_app.model_source import RESIDUALS_FILE
-            from serve_app.residuals import save_residuals
+            from serve_app.model.source import RESIDUALS_FILE
+            from serve_app.model.residuals import save_residuals
 
             save_residuals(factored.residuals, config.full_export_bits, written["adapter"] / RESIDUALS_FILE,
                            rows=factored.rows)

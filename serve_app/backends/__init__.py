@@ -6,7 +6,7 @@ import importlib.util
 
 from serve_app.backends.base import Backend, BackendError
 from serve_app.config import AppConfig
-from serve_app.model_source import LoadedModel
+from serve_app.model.source import LoadedModel
 
 __all__ = ["Backend", "BackendError", "create_backend", "resolve_backend_name"]
 

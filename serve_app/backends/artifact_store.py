@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from serve_app.model_source import sha256_file
+from serve_app.model.source import sha256_file
 
 logger = logging.getLogger(__name__)
 CHUNK = 1 << 20

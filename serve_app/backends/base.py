@@ -10,8 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from serve_app.buckets import BucketGrid
-from serve_app.pooling import MeanPooledLogits, has_mean_pooling
+from serve_app.batching.buckets import BucketGrid
+from serve_app.model.pooling import MeanPooledLogits, has_mean_pooling
 
 
 class BackendError(RuntimeError):
@@ -50,7 +50,7 @@ class LogitsOnly(torch.nn.Module):
 
 
 def logits_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The traceable module a backend runs: a mean-pooled classifier (serve_app/pooling.py) evaluates its
+    """The traceable module a backend runs: a mean-pooled classifier (serve_app/model/pooling.py) evaluates its
     pooling layer at [CLS] only; any other classifier runs as is."""
     return (MeanPooledLogits(model) if has_mean_pooling(model) else LogitsOnly(model)).eval()
 

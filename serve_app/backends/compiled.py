@@ -35,8 +35,8 @@ import torch
 
 from serve_app.backends.artifact_store import ArtifactStore
 from serve_app.backends.base import BackendError, example_inputs, logits_module
-from serve_app.buckets import Bucket, BucketGrid
-from serve_app.model_source import sha256_file
+from serve_app.batching.buckets import Bucket, BucketGrid
+from serve_app.model.source import sha256_file
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from serve_app.backends.base import example_inputs, logits_module
-from serve_app.buckets import BucketGrid
+from serve_app.batching.buckets import BucketGrid
 
 #: CPU feature flags (as /proc/cpuinfo names them) that mean bf16 matrix math in hardware.
 NATIVE_BF16_FLAGS = {"x86_64": {"avx512_bf16", "amx_bf16"}, "aarch64": {"bf16"}}

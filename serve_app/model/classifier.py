@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 
 from serve_app.backends.base import Backend
-from serve_app.buckets import pad_to_bucket, padding_waste, plan_groups
-from serve_app.schemas import Prediction
-from serve_app.window import encode_window
+from serve_app.batching.buckets import pad_to_bucket, padding_waste, plan_groups
+from serve_app.api.schemas import Prediction
+from serve_app.model.window import encode_window
 
 ScoreFunction = Literal["softmax", "sigmoid"]
 
@@ -89,7 +89,7 @@ class Classifier:
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated to the window (as transformers.pipeline truncates), reading only
-        the part of a long text the window can use (serve_app/window.py)."""
+        the part of a long text the window can use (serve_app/model/window.py)."""
         return encode_window(self.tokenizer, texts, self.max_tokens)
 
     def classify(self, texts: list[str]) -> tuple[list[Prediction], BatchReport]:

@@ -13,10 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 
-from serve_app.body_limit import BodyLimit, header
+from serve_app.api.body_limit import BodyLimit, header
 from serve_app.config import AppConfig, LimitSettings
-from serve_app.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
-from serve_app.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
+from serve_app.api.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
+from serve_app.api.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
 
 request_logger = logging.getLogger("serve_app.requests")
 

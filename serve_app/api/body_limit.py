@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-from serve_app.errors import TooLarge, service_error_response
+from serve_app.api.errors import TooLarge, service_error_response
 
 ASGIApp = Callable[..., Awaitable[None]]
 

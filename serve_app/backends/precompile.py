@@ -1,6 +1,6 @@
 """Precompile every shape bucket into a compile cache that replicas load instead of compiling.
 
-    python -m serve_app.compile --backend {jit,neuronx,neuron} --out DIR [--model default]
+    python -m serve_app.backends.precompile --backend {jit,neuronx,neuron} --out DIR [--model default]
         [--cache-uri s3://BUCKET/compile-cache] [--batch-sizes 1,4,8,16,32] [--seq-lens 16,32,64,128]
 
 Writes one artifact per bucket plus DIR/manifest.json, keyed by the weights' sha256, backend, compiler
@@ -19,7 +19,7 @@ import time
 
 from serve_app.backends import BackendError, create_backend
 from serve_app.config import AppConfig, BucketSettings
-from serve_app.model_source import DEFAULT_SOURCE, ModelLoadError, load_classifier
+from serve_app.model.source import DEFAULT_SOURCE, ModelLoadError, load_classifier
 
 
 def _int_list(text: str) -> list[int]:
@@ -31,7 +31,7 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = BucketSettings()
-    parser = argparse.ArgumentParser(prog="python -m serve_app.compile", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m serve_app.backends.precompile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", required=True, choices=["jit", "neuronx", "neuron"])
     parser.add_argument("--out", required=True, help="compile cache directory")
     parser.add_argument("--model", default=DEFAULT_SOURCE, help="model source (default: %(default)s)")

@@ -3,7 +3,7 @@
 A full fine-tune exported as an adapter (training/compress.py) keeps each encoder Linear's weight change as
 a low-rank LoRA pair; what the pair misses can be stored here, quantized per output row to int8 or int4
 (two values per byte), as can the rows of the word embeddings that the fine-tune moved. The loader
-(`serve_app.model_source`, file name `RESIDUALS_FILE`) adds it to the merged weights once at start-up,
+(`serve_app.model.source`, file name `RESIDUALS_FILE`) adds it to the merged weights once at start-up,
 so requests pay nothing for it.
 """
 
