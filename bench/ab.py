@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.loadgen import announce_load_tool, run_load
-from bench.run import BODY, REPO, SERVE_PORT, start, stop, stop_all
+from bench.servers import BODY, REPO, SERVE_PORT, start, stop, stop_all
 
 URL = f"http://127.0.0.1:{SERVE_PORT}/analyze"
 

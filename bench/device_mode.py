@@ -10,7 +10,7 @@ tokenizer, bucketing, Ingress and handles) with one change: the backend sleeps (
 a NeuronCore would take for the padded batch, instead of computing it (bench/device_time.py: AWS's published
 inf2.xlarge DistilBERT figure). Two model replicas stand for the two NeuronCores.
 
-`--peers` also runs LitServe given the same stand-in (bench/litserve_device_app.py: the real tokenizer, a
+`--peers` also runs LitServe given the same stand-in (bench/apps/litserve_device_app.py: the real tokenizer, a
 sleep for the padded forwards' device time, two workers), one server at a time, in alternating order over
 `--passes` passes, 1- and 16-text bodies at 8, 32 and 128 connections, and prints each figure's median and
 range with the per-pass ratio.
@@ -34,7 +34,7 @@ import yaml
 
 from bench.device_time import DEVICE_BUCKETS, device_seconds
 from bench.loadgen import run_load
-from bench.run import LITSERVE_PORT, REPO, start, stop
+from bench.servers import LITSERVE_PORT, REPO, start, stop
 
 
 class DeviceTimeBackend:
@@ -99,7 +99,7 @@ def server_commands(config: Path, out: Path) -> dict[str, Callable[[], tuple[lis
         model_dir = out / "model"
         if not (model_dir / "config.json").is_file():  # the exported default model: its tokenizer and labels
             subprocess.run([sys.executable, "-m", "serve_app.model.export", str(model_dir)], cwd=REPO, check=True)
-        return ([str(ensure_venv("litserve") / "python"), "bench/litserve_device_app.py", str(model_dir), str(LITSERVE_PORT)],
+        return ([str(ensure_venv("litserve") / "python"), "bench/apps/litserve_device_app.py", str(model_dir), str(LITSERVE_PORT)],
                 f"http://127.0.0.1:{LITSERVE_PORT}/predict", {"HF_HUB_OFFLINE": "1", "PYTHONPATH": path})
 
     return {"serve": serve, "litserve": litserve}

@@ -1,5 +1,5 @@
 """The stand-in device's time per forward, shared by this service's device-mode backend (bench/device_mode.py)
-and the LitServe peer given the same stand-in (bench/litserve_device_app.py). Standard library only: the peer
+and the LitServe peer given the same stand-in (bench/apps/litserve_device_app.py). Standard library only: the peer
 imports it in its own virtualenv.
 
 AWS's published Neuron benchmark for DistilBERT on inf2.xlarge: 5,308 sentences/s at batch 16 and sequence

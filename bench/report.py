@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.run import Server
+    from bench.servers import Server
 
 #: The peer frameworks bench.run measures beside this service.
 PEERS = ("infinity", "litserve")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ray.serve import Application
 
 from serve_app.config import AppConfig, parse_app_args
-from serve_app.deployments.model import Ingress, SentimentModel
+from serve_app.deployments.ingress import Ingress
+from serve_app.deployments.model import SentimentModel
 from serve_app.model.source import DEFAULT_SOURCE, packaged_base_dir
 
 

@@ -1,7 +1,8 @@
 """The service's configuration: one pydantic tree, validated when the app is built from serve_config.yaml.
 
 `AppConfig` is filled from the application's `args`; `BatchSettings` from the model deployment's
-`user_config` (applied in `reconfigure()`, so it can change without restarting replicas). Unknown keys fail.
+`user_config` and `CallSettings` from the Ingress's (applied in `reconfigure()`, so they change without
+restarting replicas). Each block is validated whole; none depends on another. Unknown keys fail.
 """
 
 from __future__ import annotations
@@ -71,35 +72,36 @@ class LimitSettings(_Strict):
 
 
 class BatchSettings(_Strict):
-    """Batching knobs, set through the model deployment's `user_config` and applied in `reconfigure()`."""
+    """The model replica's batching (its `user_config`, applied in `reconfigure()`): the one place texts
+    are merged into batches. A replica takes calls of any size: a request of more texts than a batch
+    holds joins batches in parts."""
 
     max_batch_size: int = Field(
         64,
         ge=1,
-        description="Most texts in one batch of the model replica (@serve.batch counts the texts of the calls it "
-        "merges). Must be >= the Ingress's max_texts, the most texts one call carries.",
+        description="Most texts in one batch (@serve.batch counts the texts of the requests it merges). The "
+        "classifier cuts a batch into bucket-shaped forwards of at most buckets.batch_sizes' largest.",
     )
     batch_wait_timeout_s: float = Field(
         0.0,
         ge=0.0,
         le=1.0,
-        description="How long a batch waits to fill once its first call arrived. 0: take what is queued "
-        "(calls queue while the previous batch runs, and the Ingress already merges concurrent requests).",
+        description="How long a batch waits to fill once its first request arrived. 0: take what is queued "
+        "(requests queue while the previous batch runs).",
     )
 
 
-class CoalesceSettings(_Strict):
-    """How the ingress merges concurrent requests into one model call (the Ingress `user_config`).
+class CallSettings(_Strict):
+    """How the Ingress sends requests to the model deployment (its `user_config`).
 
-    A call through a DeploymentHandle costs a few ms of CPU whatever it carries; merging the texts of
-    requests that arrive together pays it once per batch. A lone request is sent at once (no wait); under
-    load, requests gather while `calls_in_flight` calls are running, so batches grow with load and no
-    timer is needed.
+    A handle call costs the Ingress, Ray's router and the model replica CPU whatever it carries, so the
+    requests that arrive while `calls_in_flight` calls run go together in the next call, each kept whole
+    (the model replica batches them). A lone request is sent at once.
     """
 
     max_texts: int = Field(
-        64, ge=1, description="Most texts in one call to the model deployment: concurrent requests are merged up to "
-        "it, a longer request is cut into calls of it (which the model replicas share)."
+        64, ge=1, description="Most texts in one call: queued requests join a call while they fit (a request of "
+        "more texts goes alone). Spreads the queue over the model replicas."
     )
     max_queued: int = Field(
         128,
@@ -111,16 +113,16 @@ class CoalesceSettings(_Strict):
         0.0,
         ge=0.0,
         le=100.0,
-        description="While another model call is running, a call that is not full waits this long for more "
+        description="While another call is running, a call that is not full waits this long for more "
         "requests before it goes (the clients just answered are sending their next ones). A request that "
         "finds no call running never waits. 0: every call goes as soon as a slot is free.",
     )
     calls_in_flight: int = Field(
         1,
         ge=1,
-        le=64,
-        description="Merged calls running at once per ingress replica: about model replicas / ingress "
-        "replicas (requests gather while those calls run).",
+        le=256,
+        description="Calls running at once per Ingress replica: about model replicas / Ingress replicas "
+        "(requests gather while those calls run).",
     )
 
 

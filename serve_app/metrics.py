@@ -11,7 +11,6 @@ from functools import cached_property
 
 from serve_app.model.classifier import BatchReport
 
-LATENCY_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 SIZE_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
 
@@ -39,27 +38,22 @@ class IngressMetrics:
 
 
 class ModelMetrics:
-    """Per batch the model deployment runs: size, padding, queue wait, model time, buckets."""
+    """Per batch the model deployment runs: the tokens it padded and the buckets it used. Batch sizes, the
+    wait for a batch and its run time are Ray's own (ray_serve_actual_batch_size, ray_serve_batch_wait_time_ms,
+    ray_serve_batch_execution_time_ms: @serve.batch records them, its batch_size_fn counting texts)."""
 
     @cached_property
     def _m(self):
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter
 
         return {
-            "batch": Histogram("sentiment_batch_texts", "Texts in one batch the model ran.", SIZE_BOUNDS),
-            "queue": Histogram("sentiment_queue_wait_seconds", "Wait from a request's arrival at the replica to its batch's start.", LATENCY_BOUNDS_S),
-            "model": Histogram("sentiment_model_seconds", "Forward time of one batch (all its buckets).", LATENCY_BOUNDS_S),
             "padded": Counter("sentiment_padded_tokens", "Padding tokens run through the model."),
             "real": Counter("sentiment_real_tokens", "Real (text) tokens run through the model."),
             "bucket": Counter("sentiment_bucket_hits", "Forwards per shape bucket.", tag_keys=("bucket",)),
         }
 
-    def record(self, report: BatchReport, queue_waits_s: list[float]) -> None:
+    def record(self, report: BatchReport) -> None:
         m = self._m
-        m["batch"].observe(report.texts)
-        m["model"].observe(report.model_s)
-        for wait in queue_waits_s:
-            m["queue"].observe(wait)
         if report.padded_tokens > 0:  # Ray counters refuse increments of 0
             m["padded"].inc(report.padded_tokens)
         if report.real_tokens > 0:

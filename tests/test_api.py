@@ -63,7 +63,7 @@ def test_list_keeps_order():
     assert response.status_code == 200
     labels = [p["label"] for p in response.json()]
     assert labels == ["POSITIVE" if i % 3 == 0 else "NEGATIVE" for i in range(70)]
-    assert fake.calls == [texts]  # one client call: cutting into model calls is the CoalescingClient's (max_texts)
+    assert fake.calls == [texts]  # one client call per request: batching is the model replica's
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""serve_app/api/body_limit.py: POST /analyze bodies are bounded before FastAPI reads them; everything else
+"""serve_app/api/body_limit.py: POST /analyze bodies are bounded while FastAPI reads them; everything else
 passes through unchanged, and FastAPI's route answers every request."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from serve_app.api.routes import create_api
-from serve_app.api.body_limit import BodyLimit, BodyTooLarge, declared_length, read_body, replaying, route_path
+from fastapi import HTTPException
+
+from serve_app.api.body_limit import BodyLimit, counting, declared_length, route_path
 from serve_app.config import AppConfig
 from tests.test_api import FakeClient
 
@@ -36,51 +38,26 @@ def test_route_path_strips_root_path_like_starlette(path, root, expected):
     assert route_path({"path": path, "root_path": root}) == expected
 
 
-def test_read_body_joins_chunks_and_reports_disconnect():
-    async def go(messages):
-        queue = list(messages)
-
-        async def receive():
-            return queue.pop(0)
-
-        return await read_body(receive)
-
-    chunks = [{"type": "http.request", "body": b'{"te', "more_body": True},
-              {"type": "http.request", "body": b'xt": "a"}', "more_body": False}]
-    assert run(go(chunks)) == b'{"text": "a"}'
-    assert run(go([chunks[0], {"type": "http.disconnect"}])) is None
-
-
-def test_read_body_stops_past_the_limit():
+def test_counting_passes_messages_until_the_limit_then_refuses():
     async def go():
         queue = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3
 
         async def receive():
             return queue.pop(0)
 
-        with pytest.raises(BodyTooLarge):
-            await read_body(receive, limit=1000)
-        return len(queue)
+        counted = counting(receive, limit=1000)
+        first = await counted()
+        with pytest.raises(HTTPException) as refused:
+            await counted()
+        return first, refused.value.status_code, len(queue)
 
-    assert run(go()) == 1  # the third chunk was never read
+    first, status, left = run(go())
+    assert first["body"] == b"x" * 600 and status == 413 and left == 1  # the third chunk was never read
 
 
 @pytest.mark.parametrize("value,expected", [(b"12", 12), (b"", None), (b"-1", None), (b"1e3", None)])
 def test_declared_length(value, expected):
     assert declared_length({"headers": [(b"content-length", value)]}) == expected
-
-
-def test_replaying_hands_out_the_body_once_then_the_original_receive():
-    async def go():
-        async def receive():
-            return {"type": "http.disconnect"}
-
-        again = replaying(b"abc", receive)
-        return await again(), await again()
-
-    first, second = run(go())
-    assert first == {"type": "http.request", "body": b"abc", "more_body": False}
-    assert second == {"type": "http.disconnect"}
 
 
 class Recorder:
@@ -90,7 +67,12 @@ class Recorder:
         self.bodies: list[bytes] = []
 
     async def __call__(self, scope, receive, send) -> None:
-        self.bodies.append(await read_body(receive) or b"")
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        self.bodies.append(b"".join(chunks))
         await send({"type": "http.response.start", "status": 418, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -112,7 +94,7 @@ def call(app, scope, body: bytes):
 
 
 @pytest.mark.parametrize("scope,body", [
-    (http_scope(), b'{"text": "good"}'),  # bounded, then replayed whole
+    (http_scope(), b'{"text": "good"}'),  # counted as the app reads it
     (http_scope(content_type=b"text/plain"), b"anything"),
     (http_scope(path="/healthz", method="GET"), b""),
     (http_scope(path="/other"), b'{"text": "good"}'),
@@ -124,9 +106,11 @@ def test_every_request_within_the_limit_reaches_the_app_with_its_whole_body(scop
     assert app.bodies == [body] and sent[0]["status"] == 418
 
 
-def test_a_post_body_past_the_limit_never_reaches_the_app():
+def test_a_post_body_declared_past_the_limit_never_reaches_the_app():
     app = Recorder()
-    sent = call(BodyLimit(app, max_body_bytes=10), http_scope(), b'{"text": "far too long"}')
+    scope = http_scope()
+    scope["headers"].append((b"content-length", b"24"))
+    sent = call(BodyLimit(app, max_body_bytes=10), scope, b'{"text": "far too long"}')
     assert app.bodies == [] and sent[0]["status"] == 413
     assert json.loads(sent[1]["body"])["error"]["code"] == "too_large"
 

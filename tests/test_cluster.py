@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import json
+import re
 import secrets
 import threading
 import time
@@ -114,6 +115,15 @@ class ClusterClient:
         return rows["data"]["result"]["result"][0]["required_resources"]
 
 
+def visible_cores(log_dir: Path, replica_id: str) -> str | None:
+    """What the replica's backend logged as its NEURON_RT_VISIBLE_CORES."""
+    for path in log_dir.glob(f"replica_sentiment_SentimentModel_{replica_id}*.log"):
+        found = re.search(r"NeuronCores visible to this replica: (\S+)", path.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+    return None
+
+
 def replica_served(log_dir: Path, replica_id: str) -> bool:
     """The replica's own Serve log shows a handled classify call (Serve writes one access line per call)."""
     texts = (path.read_text(errors="replace") for path in log_dir.glob(f"replica_sentiment_SentimentModel_{replica_id}*.log"))
@@ -183,6 +193,9 @@ def test_rayservice_cluster_scales_out_and_back(tmp_path, capsys):
             resources = client.actor_resources(replica["actor_id"])
             assert resources.get("neuron_cores") == 1, resources
             assert replica.get("node_id") in base_nodes
+        # Ray itself gives each replica its own NeuronCore through NEURON_RT_VISIBLE_CORES (the backend only logs it).
+        visible = [visible_cores(log_dir, r["replica_id"]) for r in replicas]
+        assert all(v is not None and v.isdigit() for v in visible) and len(set(visible)) == len(visible), visible
         ingress_nodes = {r.get("node_id") for r in client.replicas("Ingress")}
         assert not ingress_nodes & set(base_nodes), "an Ingress replica landed on an Inferentia node"
 

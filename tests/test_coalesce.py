@@ -1,4 +1,4 @@
-"""The ingress's request coalescing (serve_app/batching/coalesce.py and CoalescingClient), without Ray."""
+"""The Ingress's calls (serve_app/batching/coalesce.py and RequestForwarder), without Ray."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from serve_app.batching.coalesce import Coalescer
-from serve_app.config import CoalesceSettings
-from serve_app.deployments.model import CoalescingClient
+from serve_app.api.errors import BackendFailure
 from serve_app.api.schemas import ModelInfo, Prediction
+from serve_app.config import CallSettings
+from serve_app.deployments.model_client import RequestForwarder
 
 
 class SlowHandler:
@@ -40,6 +41,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def until(condition, turns: int = 1000) -> None:
+    """Yield to the event loop until `condition()` holds: orders events by state, not by sleeping."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
 def test_lone_request_is_sent_at_once():
     async def main():
         handler = SlowHandler(delay_s=0.0)
@@ -55,11 +65,14 @@ def test_lone_request_is_sent_at_once():
 
 def test_requests_arriving_while_a_call_runs_form_the_next_batch():
     async def main():
-        handler = SlowHandler(delay_s=0.05)
+        gate = asyncio.Event()
+        handler = SlowHandler(delay_s=0, gate=gate)
         coalescer = Coalescer(handler, max_size=64, slots=1)
         first = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.01)  # the first call is now running
+        await until(lambda: handler.running == 1)  # the first call is held in flight
         rest = [asyncio.create_task(coalescer.submit(i)) for i in range(1, 11)]
+        await until(lambda: len(coalescer._queue) == 10)
+        gate.set()
         results = await asyncio.gather(first, *rest)
         return results, handler
 
@@ -74,28 +87,26 @@ def test_gather_waits_only_while_another_call_runs():
     takes what arrived meanwhile; a full one goes at once."""
 
     async def main():
-        loop = asyncio.get_running_loop()
-        handler = SlowHandler(delay_s=0.3)
-        coalescer = Coalescer(handler, max_size=4, slots=2, gather_s=0.1)
-        started = loop.time()
+        gate = asyncio.Event()
+        handler = SlowHandler(delay_s=0, gate=gate)
+        coalescer = Coalescer(handler, max_size=4, slots=2, gather_s=0.5)
         first = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.02)
-        sent_first = len(handler.batches)  # sent without waiting: nothing else was running
-        second = asyncio.create_task(coalescer.submit(1))  # slot free, a call running: gathers for 0.1 s
-        await asyncio.sleep(0.05)
+        await until(lambda: handler.running == 1)  # sent at once: nothing else was running
+        second = asyncio.create_task(coalescer.submit(1))  # slot free, a call running: gathers for 0.5 s
+        for _ in range(20):  # many loop turns, far less than 0.5 s: without the gather, [1] would go alone now
+            await asyncio.sleep(0)
         third = asyncio.create_task(coalescer.submit(2))  # arrives within the gather window
+        gate.set()
         await asyncio.gather(first, second, third)
-        return sent_first, handler.batches, loop.time() - started
+        return handler.batches
 
-    sent_first, batches, elapsed = run(main())
-    assert sent_first == 1
-    assert batches == [[0], [1, 2]]
+    assert run(main()) == [[0], [1, 2]]
 
     async def full():
         handler = SlowHandler(delay_s=0.3)
         coalescer = Coalescer(handler, max_size=2, slots=2, gather_s=5.0)
         first = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.02)
+        await until(lambda: handler.running == 1)
         rest = [asyncio.create_task(coalescer.submit(i)) for i in (1, 2)]  # a full batch: no gather wait
         started = asyncio.get_running_loop().time()
         await asyncio.gather(first, *rest)
@@ -107,12 +118,16 @@ def test_gather_waits_only_while_another_call_runs():
 
 def test_batches_respect_max_size_by_item_size():
     async def main():
-        handler = SlowHandler(delay_s=0.02)
+        gate = asyncio.Event()
+        handler = SlowHandler(delay_s=0, gate=gate)
         coalescer = Coalescer(handler, max_size=5, size_of=len)
         blocker = asyncio.create_task(coalescer.submit(["x"]))
-        await asyncio.sleep(0.005)
+        await until(lambda: handler.running == 1)
         items = [["a", "b"], ["c", "d"], ["e", "f"], ["g"] * 9]  # the last is larger than max_size
-        results = await asyncio.gather(*(coalescer.submit(item) for item in items))
+        waiting = [asyncio.create_task(coalescer.submit(item)) for item in items]
+        await until(lambda: len(coalescer._queue) == 4)
+        gate.set()
+        results = await asyncio.gather(*waiting)
         await blocker
         return results, handler.batches
 
@@ -135,11 +150,14 @@ def test_slots_bound_concurrent_calls():
 
 def test_a_failed_call_fails_every_request_in_it_and_the_next_batch_still_runs():
     async def main():
-        handler = SlowHandler(delay_s=0.02, fail=True)
+        gate = asyncio.Event()
+        handler = SlowHandler(delay_s=0, fail=True, gate=gate)
         coalescer = Coalescer(handler, max_size=64)
         blocker = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.005)
+        await until(lambda: handler.running == 1)
         batch = [asyncio.create_task(coalescer.submit(i)) for i in (1, 2, 3)]
+        await until(lambda: len(coalescer._queue) == 3)
+        gate.set()
         outcomes = await asyncio.gather(blocker, *batch, return_exceptions=True)
         handler.fail = False
         after = await coalescer.submit(4)
@@ -156,10 +174,10 @@ def test_a_cancelled_caller_is_left_out_of_the_batch():
         handler = SlowHandler(delay_s=0, gate=running)
         coalescer = Coalescer(handler, max_size=64)
         blocker = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.005)  # the first call is in flight (held until `running` is set)
+        await until(lambda: handler.running == 1)  # the first call is in flight (held until `running` is set)
         gone = asyncio.create_task(coalescer.submit(1))
         kept = asyncio.create_task(coalescer.submit(2))
-        await asyncio.sleep(0.005)
+        await until(lambda: len(coalescer._queue) == 2)
         gone.cancel()  # e.g. the ingress's request timeout fired
         running.set()
         await asyncio.gather(blocker, kept)
@@ -172,13 +190,16 @@ def test_a_full_queue_refuses_at_once():
     from serve_app.batching.coalesce import QueueFull
 
     async def main():
-        coalescer = Coalescer(SlowHandler(delay_s=0.05), max_size=1, max_queued=2)
+        gate = asyncio.Event()
+        handler = SlowHandler(delay_s=0, gate=gate)
+        coalescer = Coalescer(handler, max_size=1, max_queued=2)
         running = asyncio.create_task(coalescer.submit(0))
-        await asyncio.sleep(0.01)
+        await until(lambda: handler.running == 1)
         waiting = [asyncio.create_task(coalescer.submit(i)) for i in (1, 2)]
-        await asyncio.sleep(0)
+        await until(lambda: len(coalescer._queue) == 2)
         with pytest.raises(QueueFull):
             await coalescer.submit(3)
+        gate.set()
         return await asyncio.gather(running, *waiting)
 
     assert run(main()) == ["r0", "r1", "r2"]
@@ -197,55 +218,73 @@ def test_handler_returning_the_wrong_count_is_an_error_not_a_hang():
 
 
 class FakeModel:
-    """Stands in for HandleClient: labels each text by its length, records each call."""
+    """Stands in for HandleClient: answers each request of a call (each text scored by its length), records
+    each call's requests; a request holding "fail" gets a BackendFailure in its place, as a replica answers."""
 
     def __init__(self) -> None:
-        self.calls: list[list[str]] = []
+        self.calls: list[list[list[str]]] = []
 
-    async def classify(self, texts: list[str]) -> list[Prediction]:
-        self.calls.append(list(texts))
+    async def classify(self, requests: list[list[str]]) -> list:
+        self.calls.append([list(texts) for texts in requests])
         await asyncio.sleep(0.02)
-        return [Prediction(label="POSITIVE" if len(t) % 2 else "NEGATIVE", score=len(t) / 100) for t in texts]
+        return [BackendFailure("the model failed on this request") if "fail" in texts else
+                [Prediction(label="POSITIVE" if len(t) % 2 else "NEGATIVE", score=len(t) / 100) for t in texts]
+                for texts in requests]
 
     async def info(self) -> ModelInfo:
         return ModelInfo(source="fake", backend="cpu", labels=("NEGATIVE", "POSITIVE"), buckets=1, pid=0)
 
 
-def test_coalescing_client_merges_texts_and_splits_answers_per_request():
+def test_the_forwarder_sends_queued_requests_whole_in_one_call_and_answers_each():
     async def main():
         model = FakeModel()
-        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        client = RequestForwarder(model, CallSettings(max_texts=64, calls_in_flight=1))
         first = asyncio.create_task(client.classify(["a"]))
-        await asyncio.sleep(0.005)
-        requests = [["bb", "ccc"], ["dddd"], ["e" * 5, "f" * 6, "g" * 7]]
-        answers = await asyncio.gather(*(client.classify(texts) for texts in requests))
+        await until(lambda: model.calls)  # the first call is sent; the next requests queue behind it
+        requests = [["bb", "ccc"], ["fail"], ["e" * 5, "f" * 6, "g" * 7]]
+        answers = await asyncio.gather(*(client.classify(texts) for texts in requests), return_exceptions=True)
         await first
         return model.calls, answers, requests
 
     calls, answers, requests = run(main())
-    assert calls == [["a"], ["bb", "ccc", "dddd", "eeeee", "ffffff", "ggggggg"]]
-    for texts, answer in zip(requests, answers):
+    assert calls == [[["a"]], requests]  # boundaries kept: the replica batches and isolates
+    assert isinstance(answers[1], BackendFailure)
+    for texts, answer in [(requests[0], answers[0]), (requests[2], answers[2])]:
         assert [p.score for p in answer] == [len(t) / 100 for t in texts]
 
 
-def test_coalescing_client_applies_new_settings():
+def test_a_request_of_more_than_max_texts_goes_whole_in_a_call_of_its_own():
+    async def main():
+        model = FakeModel()
+        client = RequestForwarder(model, CallSettings(max_texts=4, calls_in_flight=1))
+        first = asyncio.create_task(client.classify(["a"]))
+        await until(lambda: model.calls)
+        answers = await asyncio.gather(client.classify(["b"] * 6), client.classify(["c"]))
+        await first
+        return model.calls, answers
+
+    calls, answers = run(main())
+    assert calls == [[["a"]], [["b"] * 6], [["c"]]] and [len(a) for a in answers] == [6, 1]
+
+
+def test_the_forwarder_applies_new_settings():
     """After reconfigure: calls carry at most the new max_texts, and two run at once."""
 
     class Counting(FakeModel):
         in_flight = most = 0
 
-        async def classify(self, texts):
+        async def classify(self, requests):
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)
             try:
-                return await super().classify(texts)
+                return await super().classify(requests)
             finally:
                 self.in_flight -= 1
 
     async def main():
         model = Counting()
-        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
-        client.apply(CoalesceSettings(max_texts=3, calls_in_flight=2))
+        client = RequestForwarder(model, CallSettings(max_texts=64, calls_in_flight=1))
+        client.apply(CallSettings(max_texts=3, calls_in_flight=2))
         await asyncio.gather(*(client.classify([f"t{i}"]) for i in range(6)))
         return model
 
@@ -253,7 +292,7 @@ def test_coalescing_client_applies_new_settings():
     assert max(len(call) for call in model.calls) <= 3 and sum(len(call) for call in model.calls) == 6
     assert model.most == 2
     with pytest.raises(ValueError):
-        CoalesceSettings(calls_in_flight=0)
+        CallSettings(calls_in_flight=0)
 
 
 def test_the_next_call_starts_before_the_finished_callers_resume():
@@ -275,9 +314,9 @@ def test_the_next_call_starts_before_the_finished_callers_resume():
 
         coalescer = Coalescer(handler, max_size=64, slots=1)
         first = asyncio.create_task(caller(0))
-        await asyncio.sleep(0.01)
+        await until(lambda: events == ["call [0]"])
         rest = [asyncio.create_task(caller(i)) for i in (1, 2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: len(coalescer._queue) == 2)
         release_first.set()
         await asyncio.gather(first, *rest)
         return events
@@ -286,69 +325,19 @@ def test_the_next_call_starts_before_the_finished_callers_resume():
     assert events.index("call [1, 2]") < events.index("answered 0"), events
 
 
-class ClassifierClient:
-    """Stands in for HandleClient over the real Classifier (real tokenizer, tiny BERT): a failure inside the
-    model call becomes BackendFailure, as HandleClient maps it."""
-
-    def __init__(self, classifier) -> None:
-        self.classifier = classifier
-        self.calls: list[list[str]] = []
-
-    async def classify(self, texts: list[str]) -> list[Prediction]:
-        from serve_app.api.errors import BackendFailure
-
-        self.calls.append(list(texts))
-        await asyncio.sleep(0.02)  # lets the other requests queue behind the first call
-        try:
-            return self.classifier.classify(texts)[0]
-        except Exception as exc:
-            raise BackendFailure("model call failed") from exc
-
-
-def test_one_poisoned_request_fails_alone_with_the_real_tokenizer(tiny_model_dir):
-    """The real tokenizer raises on a lone surrogate (the HTTP layer refuses it with 422; here it is sent
-    past that layer, as any other text the tokenizer might reject). Every other request merged into the
-    same call still gets its answer, equal to its answer alone."""
-    from serve_app.model.classifier import build_classifier
-    from serve_app.config import AppConfig
-    from serve_app.api.errors import BackendFailure
-    from serve_app.model.source import load_classifier
-
-    classifier = build_classifier(AppConfig(model=str(tiny_model_dir)), load_classifier(str(tiny_model_dir)))
-    good = [["a fine film"], ["dull , far too long", "great"], ["ok"]]
-    poisoned = ["fine", "\ud800 broken"]
-
-    async def main():
-        model = ClassifierClient(classifier)
-        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
-        first = asyncio.create_task(client.classify(["warm"]))
-        await asyncio.sleep(0.005)
-        results = await asyncio.gather(*(client.classify(t) for t in [good[0], poisoned, *good[1:]]), return_exceptions=True)
-        await first
-        return model.calls, results
-
-    calls, results = run(main())
-    assert any(len(call) > 3 for call in calls)  # the requests really were merged into one call first
-    assert isinstance(results[1], BackendFailure)
-    for texts, answer in zip(good, [results[0], results[2], results[3]]):
-        alone = classifier.classify(texts)[0]
-        assert [p.label for p in answer] == [p.label for p in alone]
-        assert [p.score for p in answer] == pytest.approx([p.score for p in alone], abs=1e-4)
-
-
-def test_overload_still_fails_the_whole_call():
+def test_overload_fails_the_requests_of_the_call_with_retry_after():
     from serve_app.api.errors import Overloaded
 
     class Busy(FakeModel):
-        async def classify(self, texts):
-            self.calls.append(list(texts))
+        async def classify(self, requests):
+            self.calls.append(requests)
             raise Overloaded("busy")
 
     async def main():
         model = Busy()
-        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        client = RequestForwarder(model, CallSettings(max_texts=64, calls_in_flight=1))
         results = await asyncio.gather(client.classify(["a"]), client.classify(["b"]), return_exceptions=True)
         return model.calls, results
 
     calls, results = run(main())
-    assert all(isinstance(r, Overloaded) for r in results) and len(calls) <= 2  # no per-request retry storm
+    assert all(isinstance(r, Overloaded) and r.headers["Retry-After"] for r in results) and len(calls) <= 2

@@ -1,25 +1,10 @@
-"""The model deployment's class outside Ray (batching itself needs a replica: see test_serve_app.py)."""
+"""The model deployment's class outside Ray (its batching: tests/test_batching.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.config import AppConfig
-from serve_app.deployments.model import SentimentModel
-
-
-class WrappedBackend:
-    """A real backend behind a wrapper: the same name, grid, on_host and warm-up; subclasses change forward."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name, self.grid, self.on_host = inner.name, inner.grid, inner.on_host
-
-    def forward(self, input_ids, attention_mask):
-        return self.inner.forward(input_ids, attention_mask)
-
-    def warm_up(self):
-        self.inner.warm_up()
+from tests.replicas import WrappedBackend, build_replica, run_in_replica_loop
 
 
 class BrokenAfterWarmUp(WrappedBackend):
@@ -33,23 +18,9 @@ class BrokenAfterWarmUp(WrappedBackend):
         return super().forward(input_ids, attention_mask)
 
 
-def build_replica(tiny_model_dir, wrap):
-    """The deployment's class on the tiny model, its backend wrapped by `wrap`; returns (model, wrapper)."""
-    from serve_app.backends import create_backend
-
-    holder = {}
-
-    def factory(config, loaded):
-        holder["backend"] = wrap(create_backend(config, loaded))
-        return holder["backend"]
-
-    model = SentimentModel.func_or_class(AppConfig(model=str(tiny_model_dir)).model_dump(), factory)
-    return model, holder["backend"]
-
-
 @pytest.fixture
-def replica(tiny_model_dir):
-    return build_replica(tiny_model_dir, BrokenAfterWarmUp)
+def replica(tiny_model_dir, monkeypatch):
+    return build_replica(monkeypatch, tiny_model_dir, BrokenAfterWarmUp)
 
 
 def test_check_health_runs_a_real_forward(replica):
@@ -78,14 +49,14 @@ class SlowForward(WrappedBackend):
 
 
 @pytest.mark.parametrize("on_host", [True, False])
-def test_a_host_forward_runs_on_the_event_loop_and_an_accelerators_on_a_thread(tiny_model_dir, on_host):
+def test_a_host_forward_runs_on_the_event_loop_and_an_accelerators_on_a_thread(tiny_model_dir, on_host, monkeypatch):
     """cpu/jit forwards run on the replica's event loop (no thread hop); a device's forward runs on the
     forward thread, so the loop keeps running (taking calls) while the device works."""
     import asyncio
     import threading
     import time
 
-    model, backend = build_replica(tiny_model_dir, lambda inner: SlowForward(inner, on_host))
+    model, backend = build_replica(monkeypatch, tiny_model_dir, lambda inner: SlowForward(inner, on_host))
     backend.threads.clear()  # warm-up forwards
 
     async def classify_while_ticking():
@@ -99,14 +70,13 @@ def test_a_host_forward_runs_on_the_event_loop_and_an_accelerators_on_a_thread(t
         ticker = asyncio.ensure_future(tick())
         await asyncio.sleep(0.02)
         started = time.monotonic()
-        # The batch method itself: `@serve.batch`'s queue needs a replica (tests/test_serve_app.py covers it).
-        [predictions] = await type(model).classify_batch.__wrapped__(model, [(started, ["a good film", "a bad film"])])
+        [predictions] = await model.classify([["a good film", "a bad film"]])
         ended = time.monotonic()
         ticker.cancel()
         during = [t for t in ticks if started + 0.05 < t < ended - 0.05]
         return predictions, threading.get_ident(), during
 
-    predictions, loop_thread, ticks_during_forward = asyncio.run(classify_while_ticking())
+    predictions, loop_thread, ticks_during_forward = run_in_replica_loop(classify_while_ticking())
     assert len(predictions) == 2 and {p.label for p in predictions} <= set(model.classifier.labels)
     assert len(backend.threads) == 1
     if on_host:
@@ -126,7 +96,7 @@ def test_the_ingress_names_the_slow_mode_and_the_fast_command(caplog):
     which mode it runs in and the command for the fast one; in throughput mode it says nothing."""
     import logging
 
-    from serve_app.deployments.model import warn_if_slow_mode
+    from serve_app.deployments.ingress import warn_if_slow_mode
 
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         assert warn_if_slow_mode({}) is True

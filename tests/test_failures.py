@@ -1,5 +1,5 @@
 """Failure paths without Ray: the handle client's retries and error mapping, back-pressure answers,
-cancellation of sibling calls, reconfiguring with requests queued, and the quantizer on zero rows."""
+reconfiguring with requests queued, and the quantizer on zero rows."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from serve_app.api.routes import create_api
 from serve_app.batching.coalesce import Coalescer, QueueFull
-from serve_app.config import AppConfig, CoalesceSettings
-from serve_app.deployments.model import CoalescingClient, HandleClient
+from serve_app.config import AppConfig, CallSettings
+from serve_app.deployments.model_client import HandleClient, RequestForwarder
 from serve_app.api.errors import BackendFailure, NotReady, Overloaded
 from serve_app.model.residuals import dequantize_rows, quantize_rows
 from serve_app.api.schemas import ModelInfo, Prediction
@@ -30,13 +30,13 @@ class FakeHandle:
         self.calls = 0
         self.classify = self.info = self
 
-    def remote(self, texts):
+    def remote(self, requests):
         self.calls += 1
 
         async def answer():
             if self.failures:
                 raise self.failures.pop(0)
-            return [Prediction(label="POSITIVE", score=1.0) for _ in texts]
+            return [[Prediction(label="POSITIVE", score=1.0) for _ in texts] for texts in requests]
 
         return answer()
 
@@ -56,7 +56,7 @@ def no_backoff(monkeypatch):
 
 def test_handle_client_retries_a_lost_replica_then_answers(no_backoff):
     handle = FakeHandle(actor_died(), actor_died())
-    assert run(HandleClient(handle).classify(["a"])) == [Prediction(label="POSITIVE", score=1.0)]
+    assert run(HandleClient(handle).classify([["a"]])) == [[Prediction(label="POSITIVE", score=1.0)]]
     assert handle.calls == 3
 
 
@@ -64,7 +64,7 @@ def test_handle_client_gives_up_after_its_retries(monkeypatch, no_backoff):
     monkeypatch.setattr(HandleClient, "RETRIES", 2)
     handle = FakeHandle(*(actor_died() for _ in range(5)))
     with pytest.raises(BackendFailure, match="unavailable"):
-        run(HandleClient(handle).classify(["a"]))
+        run(HandleClient(handle).classify([["a"]]))
     assert handle.calls == 3
 
 
@@ -72,17 +72,17 @@ def test_handle_client_maps_back_pressure_and_other_errors():
     from ray.serve.exceptions import BackPressureError
 
     with pytest.raises(Overloaded):
-        run(HandleClient(FakeHandle(BackPressureError(num_queued_requests=3, max_queued_requests=2))).classify(["a"]))
+        run(HandleClient(FakeHandle(BackPressureError(num_queued_requests=3, max_queued_requests=2))).classify([["a"]]))
     handle = FakeHandle(ValueError("tokenizer exploded at /secret/path"))
     with pytest.raises(BackendFailure) as failure:
-        run(HandleClient(handle).classify(["a"]))
+        run(HandleClient(handle).classify([["a"]]))
     assert "secret" not in failure.value.message and handle.calls == 1  # not retried: the request itself failed
 
 
 def test_back_pressure_from_the_model_deployment_gets_the_configured_status_and_an_estimate():
     from ray.serve.exceptions import BackPressureError
 
-    client = CoalescingClient(HandleClient(FakeHandle(BackPressureError(num_queued_requests=3, max_queued_requests=2))),
+    client = RequestForwarder(HandleClient(FakeHandle(BackPressureError(num_queued_requests=3, max_queued_requests=2))),
                               overload_status=503)
     with pytest.raises(Overloaded) as refused:
         run(client.classify(["a"]))
@@ -127,7 +127,8 @@ def test_retry_after_is_the_queued_work_at_the_measured_rate():
         assert coalescer.retry_after_s() == 1  # nothing measured yet
         await coalescer.submit(["x"] * 10)
         first = asyncio.create_task(coalescer.submit(["x"] * 10))
-        await asyncio.sleep(0.01)
+        while not coalescer._in_flight:  # the first call is running
+            await asyncio.sleep(0)
         waiting = [asyncio.create_task(coalescer.submit(["y"] * 10)) for _ in range(29)]
         await asyncio.sleep(0)
         estimate = coalescer.retry_after_s()
@@ -143,54 +144,6 @@ def test_retry_after_is_kept_within_a_minute():
     assert coalescer.retry_after_s() == 60
 
 
-class ChunkModel:
-    """Fails the chunk holding 'poison' after a short delay; the other chunks take long. Records cancellations."""
-
-    def __init__(self) -> None:
-        self.cancelled = 0
-        self.finished = 0
-        self.calls = 0
-
-    async def classify(self, texts):
-        self.calls += 1
-        if "poison" in texts:
-            await asyncio.sleep(0.01)
-            raise BackendFailure("chunk failed")
-        try:
-            await asyncio.sleep(1.0)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        self.finished += 1
-        return [Prediction(label="POSITIVE", score=1.0) for _ in texts]
-
-    async def info(self):
-        return ModelInfo(source="fake", backend="cpu", labels=("NEGATIVE", "POSITIVE"), buckets=1)
-
-
-def test_a_failing_part_of_a_long_list_drops_the_parts_still_queued():
-    """A request longer than max_texts goes as several calls; when one fails, the request fails at once (not
-    after its other parts' 1 s calls) and the parts still waiting for a call slot are not sent."""
-
-    async def main():
-        started = asyncio.get_running_loop().time()
-        model = ChunkModel()
-        client = CoalescingClient(model, CoalesceSettings(max_texts=32, calls_in_flight=1))
-        app = create_api(client, AppConfig())
-        texts = ["fine"] * (3 * 32)
-        texts[1] = "poison"  # in the first part, which takes the one call slot
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client_:
-            response = await client_.post("/analyze", json={"text": texts})
-        elapsed = asyncio.get_running_loop().time() - started
-        await asyncio.sleep(0.05)
-        return response, model, elapsed
-
-    response, model, elapsed = run(main())
-    assert response.status_code == 500 and response.json()["error"]["code"] == "backend_failure"
-    assert elapsed < 0.5 and model.calls < 3 and model.finished == 0
-
-
 class RecordingModel:
     """A model client that records each call's texts and answers after `delay_s`, scoring with `score`."""
 
@@ -198,22 +151,10 @@ class RecordingModel:
         self.delay_s, self.score = delay_s, score
         self.calls: list[list[str]] = []
 
-    async def classify(self, texts):
-        self.calls.append(list(texts))
+    async def classify(self, requests):
+        self.calls.append([t for texts in requests for t in texts])
         await asyncio.sleep(self.delay_s)
-        return [Prediction(label="POSITIVE", score=self.score(t)) for t in texts]
-
-
-def test_a_long_list_is_cut_into_calls_of_max_texts_and_answered_in_order():
-    async def main():
-        model = RecordingModel(0.01, lambda text: int(text) / 1000)
-        client = CoalescingClient(model, CoalesceSettings(max_texts=32, calls_in_flight=2))
-        predictions = await client.classify([str(i) for i in range(70)])
-        return [len(call) for call in model.calls], predictions
-
-    seen, predictions = run(main())
-    assert sorted(seen) == [6, 32, 32]
-    assert [round(p.score * 1000) for p in predictions] == list(range(70))
+        return [[Prediction(label="POSITIVE", score=self.score(t)) for t in texts] for texts in requests]
 
 
 def test_reconfigure_with_requests_queued_answers_every_one():
@@ -222,10 +163,12 @@ def test_reconfigure_with_requests_queued_answers_every_one():
     async def main():
         model = RecordingModel(0.05, lambda text: len(text) / 100)
         calls = model.calls
-        client = CoalescingClient(model, CoalesceSettings(max_texts=64, calls_in_flight=1))
+        client = RequestForwarder(model, CallSettings(max_texts=64, calls_in_flight=1))
         before = [asyncio.create_task(client.classify([f"old-{i}"])) for i in range(6)]
-        await asyncio.sleep(0.01)  # one call running, five queued
-        client.apply(CoalesceSettings(max_texts=2, calls_in_flight=1))
+        for _ in range(20):  # one call running (0.05 s), five queued
+            await asyncio.sleep(0)
+        assert len(calls) == 1
+        client.apply(CallSettings(max_texts=2, calls_in_flight=1))
         after = [asyncio.create_task(client.classify([f"new-{i}"])) for i in range(4)]
         answers = await asyncio.wait_for(asyncio.gather(*before, *after), 5)
         return calls, answers

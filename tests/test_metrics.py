@@ -30,15 +30,13 @@ def test_ingress_outcomes_and_text_counts():
 
 def test_model_batch_report():
     recorder = ModelMetrics()
-    sinks = {name: Sink() for name in ("batch", "queue", "model", "padded", "real", "bucket")}
+    sinks = {name: Sink() for name in ("padded", "real", "bucket")}
     recorder.__dict__["_m"] = sinks
     report = BatchReport(texts=3, forwards=3, padded_tokens=4, real_tokens=20, bucket_names=("b1_s16", "b2_s16", "b1_s16"),
                          tokenize_s=0.001, model_s=0.01)
-    recorder.record(report, [0.002, 0.003])
-    assert sinks["batch"].calls == [("observe", 3, None)] and sinks["model"].calls == [("observe", 0.01, None)]
-    assert sinks["queue"].calls == [("observe", 0.002, None), ("observe", 0.003, None)]
+    recorder.record(report)
     assert sinks["padded"].calls == [("inc", 4, None)] and sinks["real"].calls == [("inc", 20, None)]
     assert sorted(sinks["bucket"].calls, key=str) == [("inc", 1, {"bucket": "b2_s16"}), ("inc", 2, {"bucket": "b1_s16"})]
     recorder.record(BatchReport(texts=1, forwards=1, padded_tokens=0, real_tokens=5, bucket_names=("b1_s8",),
-                                tokenize_s=0, model_s=0.001), [0.0])
+                                tokenize_s=0, model_s=0.001))
     assert len(sinks["padded"].calls) == 1  # Ray counters refuse increments of 0

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from serve_app.backends import BackendError, create_backend, resolve_backend_name
-from serve_app.backends.neuronx import pin_neuron_cores
 from serve_app.model.classifier import Classifier
 from serve_app.config import AppConfig
 from serve_app.model.source import load_classifier
@@ -132,16 +131,6 @@ def test_batch_is_split_at_bucket_edges(neuronx, loaded, tmp_path):
     assert sorted(shapes) == [(1, 16), (8, 16)]
     with pytest.raises(BackendError):
         original(*[torch.ones((3, 16), dtype=torch.long)] * 2)  # not a compiled shape
-
-
-def test_core_pinning(neuronx, loaded, tmp_path, monkeypatch):
-    """The replica uses exactly the NeuronCores Ray assigned. Does not prove: the runtime honours it."""
-    from serve_app.backends import neuronx as neuronx_module
-
-    assert pin_neuron_cores(["2", "3"]) == "2,3" and os.environ["NEURON_RT_VISIBLE_CORES"] == "2,3"
-    monkeypatch.setattr(neuronx_module, "ray_assigned_neuron_cores", lambda: ["5"])
-    build(loaded, "neuronx", tmp_path)
-    assert os.environ["NEURON_RT_VISIBLE_CORES"] == "5"
 
 
 def test_inf1_neuron_backend(neuron_inf1, loaded, tmp_path):

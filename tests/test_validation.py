@@ -74,14 +74,6 @@ def test_app_config_defaults_match_issue():
     assert config.limits.max_texts_per_request == 256 and config.limits.max_text_chars == 10_000
 
 
-def test_batch_settings_validated():
-    assert BatchSettings.model_validate({"max_batch_size": 8}).max_batch_size == 8
-    with pytest.raises(ValidationError):
-        BatchSettings.model_validate({"max_batch_size": 0})
-    with pytest.raises(ValidationError):
-        BatchSettings.model_validate({"batch_size": 8})
-
-
 def test_quantize_only_on_cpu():
     with pytest.raises(ValidationError):
         AppConfig(backend="jit", quantize="int8")

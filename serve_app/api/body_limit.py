@@ -1,21 +1,21 @@
-"""POST /analyze bodies are read here, bounded, before FastAPI sees them.
+"""POST /analyze bodies are bounded while FastAPI reads them: a byte-counting `receive` (as LitServe's
+MaxSizeMiddleware), so one huge upload cannot fill the Ingress's memory (uvicorn sets no limit).
 
-FastAPI reads a whole body into memory before it validates it, and uvicorn sets no limit, so one huge
-upload could fill the Ingress's memory. `BodyLimit` reads each POST /analyze body itself: one larger than
-any valid request could be (`LimitSettings.max_body_bytes`) gets a 413 as soon as that many bytes
-arrived (or at once, from its Content-Length), and the rest is never read. Every other body is handed
-to FastAPI unchanged, whose route does all the parsing, validation and answering: there is one request
-path. (An earlier bypass that answered valid bodies without FastAPI's route saved ~0.2 ms of Ingress CPU
-a request, within the benchmark's run-to-run spread: docs/benchmark.md, "Settings and their evidence".)
+A body declared larger than any valid request can be (`LimitSettings.max_body_bytes`) gets a 413 at once
+from its Content-Length; one that streams past the limit gets a 413 as soon as that many bytes arrived,
+and the rest is never read. Nothing is read or replayed here: FastAPI's route reads the body, through
+this `receive`.
 
-Why not FastAPI's own `max_body_size` (FastAPI >= 0.164, on Starlette's RequestBodyLimitMiddleware): that
-release needs Python >= 3.11, and the inf1 image runs Python 3.10 (torch-neuron, docker/Dockerfile.inf1),
-where FastAPI has no body limit. Once inf1 is dropped, `FastAPI(max_body_size=...)` replaces this file.
+Why not FastAPI's own `max_body_size` (FastAPI >= 0.164): that release needs Python >= 3.11, and the inf1
+image runs Python 3.10 (torch-neuron, docker/Dockerfile.inf1). Once inf1 is dropped, `FastAPI(max_body_size=...)`
+replaces this file.
 """
 
 from __future__ import annotations
 
 from typing import Awaitable, Callable
+
+from fastapi import HTTPException
 
 from serve_app.api.errors import TooLarge, service_error_response
 
@@ -31,16 +31,11 @@ def route_path(scope: dict) -> str:
 
 
 def header(scope: dict, name: bytes) -> bytes | None:
-    """The first value of header `name` in an ASGI scope or `http.response.start` message (header names
-    are lower-case bytes there); None if absent."""
+    """The first value of header `name` in an ASGI scope (header names are lower-case bytes there); None if absent."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return value
     return None
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def declared_length(scope: dict) -> int | None:
@@ -49,60 +44,36 @@ def declared_length(scope: dict) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-async def read_body(receive, limit: int | None = None) -> bytes | None:
-    """The whole request body, or None if the client disconnected first. Raises BodyTooLarge as soon as
-    more than `limit` bytes arrived (the rest is never read)."""
-    chunks, size = [], 0
-    while True:
+def counting(receive, limit: int):
+    """`receive`, raising HTTPException(413) once the body's bytes exceed `limit` (FastAPI re-raises an
+    HTTPException from its body read; the app's handler answers it)."""
+    size = 0
+
+    async def receive_counted():
+        nonlocal size
         message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise BodyTooLarge(f"the request body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise HTTPException(status_code=413, detail=f"the request body exceeds {limit} bytes")
+        return message
 
-
-def replaying(body: bytes, receive):
-    """A `receive` that hands out `body` (already read) once, then defers to the original (disconnects)."""
-    pending = True
-
-    async def receive_again():
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return receive_again
+    return receive_counted
 
 
 class BodyLimit:
-    """ASGI app: `POST {path}` bodies are read here (at most `max_body_bytes`: 413 past it, before the rest
-    is read) and replayed into `app` (the FastAPI app); every other request goes to `app` as it came."""
+    """ASGI middleware: `POST {path}` bodies are counted as they are read (413 past `max_body_bytes`);
+    every other request goes to `app` as it came."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, path: str = "/analyze") -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.path = path
 
-    def applies(self, scope: dict) -> bool:
-        return scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == self.path
-
     async def __call__(self, scope, receive, send) -> None:
-        if not self.applies(scope):
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) != self.path:
             return await self.app(scope, receive, send)
-        try:
-            declared = declared_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
-                raise BodyTooLarge(f"the request body has {declared} bytes; the limit is {self.max_body_bytes}")
-            body = await read_body(receive, self.max_body_bytes)
-        except BodyTooLarge as exc:
-            request_id = scope.get("state", {}).get("request_id")
-            return await service_error_response(TooLarge(str(exc)), request_id)(scope, receive, send)
-        if body is None:
-            return  # the client went away before sending its body
-        await self.app(scope, replaying(body, receive), send)
+        declared = declared_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            refused = TooLarge(f"the request body has {declared} bytes; the limit is {self.max_body_bytes}")
+            return await service_error_response(refused, scope.setdefault("state", {}))(scope, receive, send)
+        await self.app(scope, counting(receive, self.max_body_bytes), send)

@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
-import time
-import uuid
 from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
 
-from serve_app.api.body_limit import BodyLimit, header
+from serve_app.api.body_limit import BodyLimit
+from serve_app.api.context import RequestContext, RequestObserver
 from serve_app.config import AppConfig, LimitSettings
 from serve_app.api.errors import InvalidInput, ServiceError, Timeout, TooLarge, install_error_handlers
 from serve_app.api.schemas import AnalyzeRequest, ErrorResponse, HealthStatus, ModelInfo, Prediction
-
-request_logger = logging.getLogger("serve_app.requests")
-
-#: Client request ids that are used as given; anything else is replaced by a generated id.
-REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 class ModelClient(Protocol):
     async def classify(self, texts: list[str]) -> list[Prediction]: ...
 
     async def info(self) -> ModelInfo: ...
-
-
-class RequestObserver(Protocol):
-    def record(self, status: int, code: str | None, texts: int | None) -> None: ...
 
 
 def validate_texts(request: AnalyzeRequest, limits: LimitSettings, window: int) -> list[str]:
@@ -78,85 +65,15 @@ async def _with_timeout(awaitable, seconds: float):
     return await asyncio.wait_for(awaitable, seconds)
 
 
-class RequestContext:
-    """Request id, metrics and the optional access log, as a pure ASGI middleware: the outermost layer of
-    `IngressAPI`, so every request and every answer (413s from `BodyLimit` included) goes through it.
-
-    (Starlette's BaseHTTPMiddleware runs each request through an extra task group and memory streams:
-    measurable CPU per request on a small machine.) The endpoint leaves the text count in scope state.
-    """
-
-    def __init__(self, app, observer: RequestObserver | None, log_requests: bool, echo_request_id: bool = True) -> None:
-        self.app = app
-        self.observer = observer
-        self.log_requests = log_requests
-        self.echo_request_id = echo_request_id
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        given = header(scope, b"x-request-id")
-        # A client's id is used (logs, error bodies, the echo) only when it cannot forge log fields.
-        request_id = given.decode("ascii") if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        outcome = {"status": 500, "code": "internal"}  # what the client gets if the app raises
-
-        async def send_with_id(message) -> None:
-            if message["type"] == "http.response.start":
-                if self.echo_request_id:
-                    MutableHeaders(scope=message)["X-Request-Id"] = request_id
-                code = header(message, b"x-error-code")
-                if code is not None:  # internal: errors.error_response names the code for this layer only
-                    message["headers"] = [(k, v) for k, v in message["headers"] if k != b"x-error-code"]
-                outcome["status"], outcome["code"] = message["status"], code and code.decode("latin-1")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            self._record(scope, state, outcome, started)
-
-    def _record(self, scope, state: dict, outcome: dict, started: float) -> None:
-        texts = state.get("texts")
-        if self.observer is not None and scope["path"] == "/analyze":
-            try:
-                self.observer.record(outcome["status"], outcome["code"], texts)
-            except Exception:  # metrics must never fail a request
-                request_logger.warning("recording request metrics failed", exc_info=True)
-        if self.log_requests:
-            request_logger.info(
-                "request_id=%s method=%s path=%s status=%d texts=%s latency_ms=%.1f",
-                state["request_id"], scope["method"], scope["path"], outcome["status"],
-                texts if texts is not None else "-", (time.perf_counter() - started) * 1000,
-            )
-
-
-class IngressAPI(FastAPI):
-    """The service's FastAPI app, entered through `RequestContext` and `BodyLimit` (pure ASGI layers).
-
-    Still a FastAPI (Ray Serve reads its docs path; tests and /docs see its routes and OpenAPI schema):
-    only the ASGI entry point is put in front of FastAPI's own.
-    """
-
-    entry = None  # set by create_api: the ASGI app requests enter through
-
-    async def __call__(self, scope, receive, send) -> None:
-        await (self.entry or self.call_fastapi)(scope, receive, send)
-
-    async def call_fastapi(self, scope, receive, send) -> None:
-        await super().__call__(scope, receive, send)
-
-
 def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver | None = None,
-               echo_request_id: bool = True) -> IngressAPI:
-    """The Ingress's app: every request is answered by FastAPI's routes. `echo_request_id=False` where the
-    server already echoes X-Request-Id (Ray Serve's HTTP servers add it to every response, with the id they
-    put in the request's headers, which this app then uses)."""
+               echo_request_id: bool = True) -> FastAPI:
+    """The Ingress's app: FastAPI's routes behind two pure ASGI middlewares, the request context (id, metrics,
+    access log) outermost, then the body limit. `echo_request_id=False` where the server already echoes
+    X-Request-Id (Ray Serve's HTTP servers add it to every response, with the id they put in the request's
+    headers, which this app then uses)."""
     limits = config.limits
     window = max(config.buckets.seq_lens)
-    api = IngressAPI(
+    api = FastAPI(
         title="Sentiment analysis",
         version="1.0.0",
         description="POST /analyze classifies text as POSITIVE or NEGATIVE, in transformers.pipeline's format.",
@@ -178,8 +95,6 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
             return JSONResponse(status_code=503, content=HealthStatus(status="unavailable").model_dump())
         return HealthStatus(status="ok", model=info.source, backend=info.backend, labels=list(info.labels))
 
-    bounded = BodyLimit(api.call_fastapi, limits.max_body_bytes)
-    api.entry = RequestContext(bounded, observer=observer, log_requests=config.log_requests,
-                               echo_request_id=echo_request_id)
+    api.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes)
+    api.add_middleware(RequestContext, observer=observer, log_requests=config.log_requests, echo_request_id=echo_request_id)
     return api
-

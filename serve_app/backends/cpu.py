@@ -56,6 +56,8 @@ class PackedLinear(torch.nn.Module):
     under light load that reorder is most of a forward (one seed sentence 8.9 -> 6.5 ms in bfloat16 on
     one thread here; 32 sentences 58 -> 49 ms). The same ops torch.compile's CPU freezing emits
     (`mkldnn._reorder_linear_weight`, `mkldnn._linear_pointwise`), without its minute of compiling.
+    Hand-written because torch has no public eager API for it; it stays while `python -m bench.in_process.packed_linears`
+    (the A/B against eager nn.Linear) shows it pays, and `pack_linears` falls back to eager where the ops are missing.
     """
 
     def __init__(self, linear: torch.nn.Linear) -> None:
@@ -71,7 +73,7 @@ def pack_linears(module: torch.nn.Module) -> torch.nn.Module:
     """`module` with every nn.Linear replaced by a PackedLinear. The module tree is copied (its other
     tensors shared, not copied), so the caller's model is left as it was. Where torch has no oneDNN,
     `module` itself is returned (it then runs as eager torch)."""
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return module
     shared = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
     packed = copy.deepcopy(module, shared)

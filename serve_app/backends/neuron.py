@@ -11,11 +11,11 @@ import torch
 
 from serve_app.backends.base import BackendError
 from serve_app.backends.compiled import Compiler
-from serve_app.backends.neuronx import pin_neuron_cores, ray_assigned_neuron_cores
+from serve_app.backends.neuronx import log_visible_cores
 
 
 def neuron_compiler() -> Compiler:
-    pin_neuron_cores(ray_assigned_neuron_cores())
+    log_visible_cores()
     try:
         torch_neuron = importlib.import_module("torch_neuron")  # registers torch.neuron
     except ImportError as exc:

@@ -1,4 +1,5 @@
-"""torch-neuronx (inf2 / trn1): `torch_neuronx.trace` per bucket on the NeuronCores Ray gave this replica.
+"""torch-neuronx (inf2 / trn1): `torch_neuronx.trace` per bucket on the NeuronCores Ray gave this replica
+(Ray sets NEURON_RT_VISIBLE_CORES for an actor holding `neuron_cores`).
 
 torch-neuronx comes from AWS's Neuron package index (pip --extra-index-url
 https://pip.repos.neuron.amazonaws.com), not PyPI, whose `torch-neuronx` is a placeholder. It is imported
@@ -8,6 +9,7 @@ only here, when the backend is built.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 
 import torch
@@ -15,27 +17,19 @@ import torch
 from serve_app.backends.base import BackendError
 from serve_app.backends.compiled import Compiler
 
-
-def pin_neuron_cores(core_ids: list[str] | None) -> str | None:
-    """Make the Neuron runtime use exactly the cores Ray assigned (must run before the runtime loads)."""
-    if core_ids:
-        os.environ["NEURON_RT_VISIBLE_CORES"] = ",".join(str(c) for c in core_ids)
-    return os.environ.get("NEURON_RT_VISIBLE_CORES")
+logger = logging.getLogger("ray.serve")
 
 
-def ray_assigned_neuron_cores() -> list[str] | None:
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None
-        return list(ray.get_runtime_context().get_accelerator_ids().get("neuron_cores", [])) or None
-    except Exception:  # outside a Ray actor
-        return None
+def log_visible_cores() -> str | None:
+    """Log the NeuronCores this replica's runtime will use. Ray sets NEURON_RT_VISIBLE_CORES itself for an
+    actor that holds `neuron_cores` (ray/_private/accelerators/neuron.py), before any user code runs."""
+    cores = os.environ.get("NEURON_RT_VISIBLE_CORES")
+    logger.info("NeuronCores visible to this replica: %s", cores or "all")
+    return cores
 
 
 def neuronx_compiler(compiler_args: list[str] | None = None) -> Compiler:
-    pin_neuron_cores(ray_assigned_neuron_cores())
+    log_visible_cores()
     try:
         torch_neuronx = importlib.import_module("torch_neuronx")
     except ImportError as exc:

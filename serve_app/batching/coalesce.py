@@ -1,12 +1,12 @@
-"""Merge concurrent requests into one call, forming each batch only when a call slot is free.
+"""The Ingress's calls: requests queued while the calls in flight run go together in the next call.
 
-`@serve.batch` forms a batch as soon as its wait timeout ends and only then waits for a free slot
-(`max_concurrent_batches`, ray/serve/batching.py in Ray 2.60), so under load it sends many small batches
-one after another. Here a batch is taken when a slot frees up and holds everything queued by then: a
-lone request goes out at once, and under load the batch grows to whatever arrived while the previous
-call ran. `gather_s`: while another call is still running (the service is busy, so more requests are
-on their way: the clients just answered send their next ones), a batch that is not full waits that long
-for them before it goes. Pure asyncio (no Ray), so it is unit-tested directly.
+Each request stays whole (an item); this only decides how many handle calls carry them, since a call
+costs CPU whatever it carries. The model replica forms the batches (serve_app/deployments/model.py).
+A call is formed when a slot frees up and holds everything queued by then: a lone request goes out at
+once, and under load a call grows to whatever arrived while the previous one ran. `gather_s`: while
+another call is still running (the service is busy, so more requests are on their way: the clients just
+answered send their next ones), a call that is not full waits that long for them before it goes. Pure
+asyncio (no Ray), so it is unit-tested directly.
 """
 
 from __future__ import annotations
@@ -19,20 +19,6 @@ from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-def merge(groups: Sequence[Sequence[Item]]) -> list[Item]:
-    """One flat list of every group's items, in order (the inverse of `split_like`)."""
-    return [item for group in groups for item in group]
-
-
-def split_like(flat: Sequence[Result], groups: Sequence[Sequence[object]]) -> list[list[Result]]:
-    """Cut `flat` back into lists as long as `groups`, in order."""
-    results, start = [], 0
-    for group in groups:
-        results.append(list(flat[start : start + len(group)]))
-        start += len(group)
-    return results
 
 
 class QueueFull(Exception):

@@ -15,7 +15,7 @@ the same ids while reading a prefix:
    until the budget covers the text, which is then tokenized whole.
 
 Only fast (Rust) tokenizers report word ids; with any other, every text is read whole. Tests compare the
-ids with the plain call on the real tokenizer; `python -m bench.request_cost` measures the cost.
+ids with the plain call on the real tokenizer; `python -m bench.in_process.request_cost` measures the cost.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Backends on SST-2 dev, in process: label agreement, accuracy, padding waste and sentences/s.
 
-    python -m bench.backends [--batch 32] [--data ../shared/data/sst2]
+    python -m bench.in_process.backends [--batch 32] [--data ../shared/data/sst2]
 
 Compares `cpu` (eager, dynamic shapes, float32) with `jit` (TorchScript per compiled bucket; the Neuron
 path's shape handling), `cpu` in bfloat16 (`dtype: bfloat16`), `cpu` + int8 dynamic quantization and,
 where `onnxruntime`, `onnx` and `onnxscript` are installed, ONNX Runtime in float32 on the same dynamic
-padding (bench/onnx_backend.py; measured and not served: docs/benchmark.md). Texts arrive in dev-file
+padding (bench/in_process/onnx_backend.py; measured and not served: docs/benchmark.md). Texts arrive in dev-file
 order in batches of --batch, as @serve.batch would hand them over.
 """
 
@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench import onnx_backend
+from bench.in_process import onnx_backend
 from serve_app.model.classifier import Classifier, build_classifier
 from serve_app.config import AppConfig
 from serve_app.model.source import load_classifier
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_dev(data_dir: Path) -> tuple[list[str], list[int]]:
@@ -47,7 +47,7 @@ def evaluate(classifier: Classifier, texts: list[str], batch: int, passes: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.in_process.backends", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "sst2")
     parser.add_argument("--model", default="default")

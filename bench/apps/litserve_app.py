@@ -1,6 +1,6 @@
 """The LitServe peer: the same exported model behind LitServe, as its docs set up batching on a CPU.
 
-    bench/.venvs/litserve/bin/python bench/litserve_app.py MODEL_DIR PORT [DTYPE]
+    bench/.venvs/litserve/bin/python bench/apps/litserve_app.py MODEL_DIR PORT [DTYPE]
 
 Runs in its own virtualenv (bench/peers.py creates it). Two worker processes of one torch thread each
 (one per core), dynamic batching of up to 32 requests with a 5 ms window; the body and answer are this

@@ -1,6 +1,6 @@
 """What one valid request can cost the model replica at most: tokenizer and forward CPU, worst shapes.
 
-    python -m bench.request_cost [--model default] [--repeat 3] [--no-forward]
+    python -m bench.in_process.request_cost [--model default] [--repeat 3] [--no-forward]
 
 The limits bound a request: at most `max_texts_per_request` texts of at most `max_text_chars` characters,
 and at most `max_request_tokens` tokens counted as the sum of min(characters, window) over its texts
@@ -20,7 +20,7 @@ from pathlib import Path
 from serve_app.config import AppConfig, LimitSettings
 
 #: SST-2 sentences make the English texts (the data set's README: ../shared/data/sst2).
-SST2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+SST2_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
 
 
 def english(chars: int, rng: random.Random) -> str:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app.model.classifier import build_classifier
     from serve_app.model.source import load_classifier
 
-    parser = argparse.ArgumentParser(prog="python -m bench.request_cost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.in_process.request_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-forward", action="store_true", help="tokenizer figures only")

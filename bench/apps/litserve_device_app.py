@@ -1,8 +1,8 @@
 """The LitServe peer given this service's stand-in device (bench/device_time.py), for `bench.device_mode`.
 
-    PYTHONPATH=. bench/.venvs/litserve/bin/python bench/litserve_device_app.py MODEL_DIR PORT
+    PYTHONPATH=. bench/.venvs/litserve/bin/python bench/apps/litserve_device_app.py MODEL_DIR PORT
 
-As bench/litserve_app.py (two workers, one per core, standing for the two NeuronCores as this service's two
+As bench/apps/litserve_app.py (two workers, one per core, standing for the two NeuronCores as this service's two
 model replicas do; dynamic batching of up to 32 requests with a 5 ms window), but the model costs no CPU: the
 real tokenizer runs, then the worker sleeps for the NeuronCore time of the padded forwards (GIL released) and
 answers with zero logits, as the service's device-time backend does. Bodies of one text or of a list.

@@ -2,7 +2,7 @@
 except that the model is the directory `python -m serve_app.model.export DIR` wrote (same weights as
 ours) instead of the pipeline's hub default.
 
-    python bench/seed_app.py DIR PORT
+    python bench/apps/seed_app.py DIR PORT
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""ONNX Runtime behind the `Backend` contract, for `python -m bench.backends` only (not served).
+"""ONNX Runtime behind the `Backend` contract, for `python -m bench.in_process.backends` only (not served).
 
 The issue asked for ONNX Runtime "only if it clearly beats torch"; this measures it on the same model,
 the same tokenization and the same dynamic padding as the cpu backend. Needs `pip install onnxruntime

@@ -1,6 +1,6 @@
 """The cpu backend's packed Linear weights against eager nn.Linear, in process, one thread (as a replica runs).
 
-    python -m bench.packed_linears [--config serve_config.yaml] [--rounds 6]
+    python -m bench.in_process.packed_linears [--config serve_config.yaml] [--rounds 6]
 
 Builds the served classifier twice from the config (tokenizer, buckets, precision as served): once as the
 cpu backend builds it (serve_app/backends/cpu.py: `pack_linears`) and once with eager nn.Linear. Times
@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 import yaml
 
-from bench.run import BODY, REPO
+from bench.servers import BODY, REPO
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 
