@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import types
 
 from serve_app.config import AppConfig
@@ -41,22 +40,15 @@ def build_replica(monkeypatch, tiny_model_dir, wrap=WrappedBackend, **config):
 
 
 def outside_a_replica(monkeypatch, max_ongoing_requests: int = 64) -> None:
-    """Lets Ray Serve's own `@serve.batch` run in this process: it reads the replica's max_ongoing_requests
-    from the replica context, the one thing of a replica it needs."""
+    """Lets Ray Serve's own `@serve.batch` run in this process for one test: it reads the replica's
+    max_ongoing_requests from the replica context, the one thing of a replica it needs. `@serve.batch` keeps
+    one queue per decorated method for the process (a Serve replica has one instance and one loop); the test
+    starts with none, and the queue it makes (bound to its event loop, and unpicklable) is dropped after it,
+    so later tests can still deploy the class with `serve.run`."""
     from ray import serve
 
     context = types.SimpleNamespace(_deployment_config=types.SimpleNamespace(max_ongoing_requests=max_ongoing_requests))
     monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    lazy_queue = SentimentModel.func_or_class._run_batch.set_max_batch_size.__self__  # Ray's _LazyBatchQueueWrapper
+    monkeypatch.setattr(lazy_queue, "_queue", None)
 
-
-_loop: asyncio.AbstractEventLoop | None = None
-
-
-def run_in_replica_loop(coro):
-    """Run `coro` on this process's one replica event loop. `@serve.batch` keeps one queue per decorated
-    method for the whole process (a Serve replica has one instance and one loop), bound to the loop it
-    was first used on: every test that batches runs on the same loop, as a replica's calls do."""
-    global _loop
-    if _loop is None or _loop.is_closed():
-        _loop = asyncio.new_event_loop()
-    return _loop.run_until_complete(coro)

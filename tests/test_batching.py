@@ -13,7 +13,7 @@ import pytest
 
 from serve_app.api.errors import BackendFailure
 from serve_app.batching.isolation import classify_isolating
-from tests.replicas import build_replica, run_in_replica_loop
+from tests.replicas import build_replica
 
 POISON = "\ud800 broken"  # a lone surrogate: the real tokenizer raises on it (the HTTP layer refuses it with 422)
 
@@ -50,7 +50,7 @@ def test_a_poisoned_request_fails_alone_among_requests_from_two_callers(replica)
     async def main():
         return await asyncio.gather(model.classify(call_a), model.classify(call_b))
 
-    answers_a, answers_b = run_in_replica_loop(main())
+    answers_a, answers_b = asyncio.run(main())
     assert sorted(runs[0]) == sorted(t for request in call_a + call_b for t in request)
     assert isinstance(answers_a[1], BackendFailure) and "surrogate" not in str(answers_a[1])
     alone = {tuple(texts): labels_and_scores(model.classifier.classify(texts)[0]) for texts in [call_a[0], *call_b]}
@@ -64,7 +64,7 @@ def test_a_request_longer_than_a_batch_joins_batches_in_parts_and_is_answered_in
     model, runs = replica
     model.reconfigure({"max_batch_size": 4})
     texts = [f"{'good' if i % 3 else 'awful'} film number {i}" for i in range(10)]
-    [answer] = run_in_replica_loop(model.classify([texts]))
+    [answer] = asyncio.run(model.classify([texts]))
     assert max(len(run) for run in runs) <= 4 and sum(len(run) for run in runs) == 10
     assert labels_and_scores(answer) == labels_and_scores(model.classifier.classify(texts)[0])
 
@@ -73,7 +73,7 @@ def test_a_failing_part_fails_only_its_own_request(replica):
     model, _ = replica
     model.reconfigure({"max_batch_size": 3})
     long_poisoned = ["good"] * 4 + [POISON] + ["fine"] * 3
-    answers = run_in_replica_loop(model.classify([long_poisoned, ["a good film"]]))
+    answers = asyncio.run(model.classify([long_poisoned, ["a good film"]]))
     assert isinstance(answers[0], BackendFailure)
     assert len(answers[1]) == 1 and not isinstance(answers[1], BackendFailure)
 

@@ -3,11 +3,12 @@ never timings)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
-from bench.run import THROUGHPUT_MODE, without_throughput_mode
+from bench.servers import THROUGHPUT_MODE, without_throughput_mode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,9 @@ def test_plain_serve_run_is_the_fast_mode(tmp_path):
     import subprocess
 
     # What `make serve` runs (dry run; the venv step shows only when it is out of date).
-    commands = subprocess.run(["make", "-n", "serve"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}  # also when run from `make test`
+    commands = subprocess.run(["make", "--no-print-directory", "-n", "serve"], cwd=REPO, env=env,
+                              capture_output=True, text=True, check=True).stdout
     assert commands.splitlines()[-1] == ".venv/bin/serve run serve_config.yaml", commands
     stripped = yaml.safe_load(Path(without_throughput_mode("serve_config.yaml", tmp_path)).read_text())
     assert "controller_options" not in stripped and stripped["applications"] == config["applications"]
@@ -128,7 +131,7 @@ def test_the_peer_table_reports_median_range_and_per_pass_ratio():
 
 def test_ab_variants_name_a_config_and_optionally_another_checkout(tmp_path):
     from bench.ab import parse_variant
-    from bench.run import REPO
+    from bench.servers import REPO
 
     assert parse_variant("serve_config.yaml") == (REPO, "serve_config.yaml")
     assert parse_variant(f"{tmp_path}::bench/serve_config.jit.yaml") == (tmp_path.resolve(), "bench/serve_config.jit.yaml")
@@ -141,7 +144,7 @@ def test_only_orphaned_haproxy_from_this_prefix_is_stopped(tmp_path):
     import subprocess
     import time
 
-    from bench.run import stop_orphaned_haproxy
+    from bench.servers import stop_orphaned_haproxy
 
     fake = tmp_path / "venv" / "bin" / "haproxy"
     fake.parent.mkdir(parents=True)

@@ -48,7 +48,7 @@ def served():
         print(f"time from `serve run` to first answer: {time.monotonic() - started:.1f} s")
         yield proc
     finally:
-        from bench.run import stop
+        from bench.servers import stop
 
         stop(proc)  # SIGINT as Ctrl-C, then whatever is left of it, a stray HAProxy included
         log.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.replicas import WrappedBackend, build_replica, run_in_replica_loop
+from tests.replicas import WrappedBackend, build_replica
 
 
 class BrokenAfterWarmUp(WrappedBackend):
@@ -76,7 +76,7 @@ def test_a_host_forward_runs_on_the_event_loop_and_an_accelerators_on_a_thread(t
         during = [t for t in ticks if started + 0.05 < t < ended - 0.05]
         return predictions, threading.get_ident(), during
 
-    predictions, loop_thread, ticks_during_forward = run_in_replica_loop(classify_while_ticking())
+    predictions, loop_thread, ticks_during_forward = asyncio.run(classify_while_ticking())
     assert len(predictions) == 2 and {p.label for p in predictions} <= set(model.classifier.labels)
     assert len(backend.threads) == 1
     if on_host:
