@@ -2,6 +2,7 @@
 
     python -m bench.chaos [--events user_config,model_version,kill_model,kill_ingress] [--clients 16]
                           [--seconds 60] [--event-at 20] [--config serve_config.yaml] [--url http://127.0.0.1:8000]
+                          [--no-keepalive] [--retry-dropped]
 
 Needs the service started on this machine by `serve run serve_config.yaml` (any mode). For each event,
 `--clients` clients send the seed's request back to back for `--seconds` seconds (loopback, bounded in time);
@@ -50,20 +51,38 @@ class Outcome:
     result: str  # "200", another status, or an exception's name
 
 
-async def load(url: str, clients: int, seconds: float, outcomes: list[Outcome], t0: float) -> None:
+#: What a client sees when a connection closes before any answer: the request may not have been read, and
+#: POST /analyze stores nothing, so sending it again is safe (the retry `--retry-dropped` makes).
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+
+
+async def load(url: str, clients: int, seconds: float, outcomes: list[Outcome], t0: float,
+               keepalive: bool = True, retry_dropped: bool = False) -> None:
     deadline = t0 + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients if keepalive else 0)
     async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+
+        async def send() -> str:
+            try:
+                return str((await http.post(f"{url}/analyze", json=BODY)).status_code)
+            except DROPPED as exc:
+                if not retry_dropped:
+                    return type(exc).__name__
+                outcomes_retried.append(type(exc).__name__)
+                return str((await http.post(f"{url}/analyze", json=BODY)).status_code)
 
         async def client() -> None:
             while (now := time.monotonic()) < deadline:
                 try:
-                    result = str((await http.post(f"{url}/analyze", json=BODY)).status_code)
+                    result = await send()
                 except httpx.HTTPError as exc:
                     result = type(exc).__name__
                 outcomes.append(Outcome(now - t0, time.monotonic() - now, result))
 
+        outcomes_retried: list[str] = []
         await asyncio.gather(*(client() for _ in range(clients)))
+        if outcomes_retried:
+            print(f"  dropped connections retried once: {collections.Counter(outcomes_retried)}", flush=True)
 
 
 def replica_pids(deployment: str) -> list[int]:
@@ -86,7 +105,7 @@ def changed_user_config(config: dict) -> dict:
         if deployment["name"] == "Ingress":
             settings["max_queued"] = settings.get("max_queued", 128) + 1
         else:
-            settings["max_batch_size"] = settings.get("max_batch_size", 64) + 1  # stays >= the Ingress max_texts
+            settings["max_batch_size"] = settings.get("max_batch_size", 64) + 1
     return changed
 
 
@@ -160,7 +179,8 @@ async def one_event(event: str, args, config: dict, exported: Path, workdir: Pat
     outcomes: list[Outcome] = []
     t0 = time.monotonic()
     before = {name: replica_pids(name) for name in ("SentimentModel", "Ingress")}
-    loader = asyncio.create_task(load(args.url, args.clients, args.seconds, outcomes, t0))
+    loader = asyncio.create_task(load(args.url, args.clients, args.seconds, outcomes, t0, not args.no_keepalive,
+                                      args.retry_dropped))
     await asyncio.sleep(args.event_at)
     detail = await asyncio.to_thread(act, event, config, exported, workdir)
     await loader
@@ -178,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=20.0, help="seconds between events (replacements finish)")
     parser.add_argument("--config", type=Path, default=Path("serve_config.yaml"))
     parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--no-keepalive", action="store_true", help="a new connection per request")
+    parser.add_argument("--retry-dropped", action="store_true",
+                        help="send a request again, once, when its connection closed before any answer")
     args = parser.parse_args(argv)
     events = [e for e in args.events.split(",") if e]
     if unknown := set(events) - set(EVENTS):
