@@ -69,8 +69,8 @@ def build_device_app(args: dict):
     return compose_app(parse_app_args(args), backend_factory=device_backend)
 
 
-def write_config(out: Path) -> Path:
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+def write_config(out: Path, source: Path = REPO / "serve_config.yaml") -> Path:
+    config = yaml.safe_load(source.read_text())
     [app] = config["applications"]
     app["import_path"] = "bench.device_mode:build_device_app"
     app["args"] = {**app["args"], "buckets": DEVICE_BUCKETS, "dtype": "float32"}
@@ -150,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", default="1,16", help="texts per request")
     parser.add_argument("--peers", action="store_true", help="also run LitServe on the same stand-in device")
     parser.add_argument("--passes", type=int, default=2, help="with --peers: passes, in alternating order")
+    parser.add_argument("--config", type=Path, default=REPO / "serve_config.yaml", help="the serve config to run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in (args.levels or ("8,32,128" if args.peers else "32,128")).split(",")]
     texts_list = [int(n) for n in args.texts.split(",")]
-    commands = server_commands(write_config(args.out), args.out)
+    commands = server_commands(write_config(args.out, args.config), args.out)
     names = ["serve", "litserve"] if args.peers else ["serve"]
     rows = []
     for pass_no in range(1, (args.passes if args.peers else 1) + 1):
