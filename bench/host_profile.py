@@ -1,6 +1,6 @@
 """Where a text's host CPU goes on the stand-in device: CPU per process and py-spy samples per stage.
 
-    .venv/bin/python -m bench.host_profile [--texts 16] [--connections 128] [--seconds 12]
+    .venv/bin/python -m bench.host_profile [--texts 16] [--connections 128] [--seconds 12] [--config FILE]
 
 Starts the application as `bench.device_mode` does (the backend sleeps for a NeuronCore's time), loads it
 with wrk, and meanwhile (1) reads each process's CPU time from /proc (HAProxy, the Ingress, the model
@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--config", type=Path, default=REPO / "serve_config.yaml", help="the serve config to run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    command, url, env = server_commands(write_config(args.out), args.out)["serve"]()
+    command, url, env = server_commands(write_config(args.out, args.config), args.out)["serve"]()
     proc = start(command, url, {"text": "ok"}, args.out / "host_profile_serve.log", env)
     try:
         body = body_of(args.texts)

@@ -8,12 +8,13 @@ merges, it isolates. What this does not cover: Ray's routing of calls to replica
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from serve_app.api.errors import BackendFailure
 from serve_app.batching.isolation import classify_isolating
-from tests.replicas import build_replica
+from tests.replicas import WrappedBackend, build_replica
 
 POISON = "\ud800 broken"  # a lone surrogate: the real tokenizer raises on it (the HTTP layer refuses it with 422)
 
@@ -81,15 +82,67 @@ def test_a_failing_part_fails_only_its_own_request(replica):
 def test_isolation_runs_each_request_alone_only_after_a_merged_failure():
     calls = []
 
-    def classify(texts):
+    async def classify(texts):
         calls.append(list(texts))
         if "bad" in texts:
             raise ValueError("bad text")
         return [t.upper() for t in texts], len(texts)
 
-    ok = classify_isolating(classify, [["a"], ["b", "c"]])
+    ok = asyncio.run(classify_isolating(classify, [["a"], ["b", "c"]]))
     assert ok.answers == [["A"], ["B", "C"]] and ok.reports == [3] and calls == [["a", "b", "c"]]
     calls.clear()
-    failed = classify_isolating(classify, [["a"], ["bad"], ["c"]])
+    failed = asyncio.run(classify_isolating(classify, [["a"], ["bad"], ["c"]]))
     assert failed.answers[0] == ["A"] and isinstance(failed.answers[1], ValueError) and failed.answers[2] == ["C"]
     assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]] and failed.reports == [1, 1]
+
+
+class HeldDevice(WrappedBackend):
+    """An accelerator stand-in: each forward waits (GIL released) until the test lets it finish."""
+
+    on_host = False
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.on_host = False
+        self.release = threading.Event()
+        self.forwards = 0
+
+    def forward(self, input_ids, attention_mask):
+        self.forwards += 1
+        self.release.wait(10)
+        return super().forward(input_ids, attention_mask)
+
+
+def test_on_an_accelerator_the_next_batch_is_prepared_while_the_device_runs(tiny_model_dir, monkeypatch):
+    """Tokenizing and padding the next batch overlaps the device's forwards of the current one."""
+    model, device = build_replica(monkeypatch, tiny_model_dir, HeldDevice)
+    device.release.set()  # warm-up done
+    device.release.clear()
+    device.forwards = 0
+    prepared: list[int] = []
+    prepare = model.classifier.prepare
+
+    def recording(texts):
+        prepared.append(len(texts))
+        return prepare(texts)
+
+    model.classifier.prepare = recording
+
+    async def main():
+        first = asyncio.ensure_future(model.classify([["a good film"]]))
+        for _ in range(1000):  # until the first batch's forward is running on the device
+            if device.forwards:
+                break
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(model.classify([["a bad film", "fine"]]))
+        for _ in range(1000):
+            if len(prepared) == 2:
+                break
+            await asyncio.sleep(0.001)
+        overlapped = len(prepared) == 2 and device.forwards == 1  # the second batch is ready, the first still on the device
+        device.release.set()
+        return overlapped, await first, await second
+
+    overlapped, first, second = asyncio.run(main())
+    assert overlapped
+    assert len(first[0]) == 1 and len(second[0]) == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -21,11 +21,20 @@ class AnalyzeRequest(BaseModel):
         return [self.text] if isinstance(self.text, str) else list(self.text)
 
 
-class Prediction(BaseModel):
-    """One text's label and its probability, as transformers.pipeline('sentiment-analysis') returns it."""
+class PredictionBody(BaseModel):
+    """One text's label and its probability, as transformers.pipeline('sentiment-analysis') returns it (the
+    response's schema; the route writes the JSON itself from `Prediction`s)."""
 
     label: str = Field(description="POSITIVE or NEGATIVE (the model's label names).")
     score: float = Field(ge=0.0, le=1.0, description="Probability of `label`.")
+
+
+class Prediction(NamedTuple):
+    """One text's label and probability, from the model replica to the Ingress: a plain tuple to build,
+    pickle across the handle and unpickle (a pydantic model per text cost several times that)."""
+
+    label: str
+    score: float
 
 
 class ErrorDetail(BaseModel):

@@ -113,21 +113,20 @@ def _close(lengths: list[int], indices: list[int], grid: BucketGrid) -> Group:
 def pad_to_bucket(
     token_ids: list[list[int]], bucket: Bucket, pad_id: int, filler: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build (input_ids, attention_mask) of exactly the bucket's shape in one allocation.
+    """Build (input_ids, attention_mask) of exactly the bucket's shape.
 
     Rows past the real texts are `filler` (e.g. [CLS, SEP]) rather than all padding, so no row has an
     all-zero attention mask; their outputs are dropped by the caller.
     """
     if len(token_ids) > bucket.batch_size:
         raise ValueError(f"{len(token_ids)} rows do not fit bucket {bucket.name}")
-    input_ids = torch.full((bucket.batch_size, bucket.seq_len), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((bucket.batch_size, bucket.seq_len), dtype=torch.long)
+    seq_len = bucket.seq_len
     rows = token_ids + [filler] * (bucket.batch_size - len(token_ids))
-    for row, ids in enumerate(rows):
-        if len(ids) > bucket.seq_len:
-            raise ValueError(f"a text of {len(ids)} tokens does not fit bucket {bucket.name}")
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
+    if max(map(len, rows)) > seq_len:
+        raise ValueError(f"a text of {max(map(len, rows))} tokens does not fit bucket {bucket.name}")
+    # Padded in Python and converted once: a tensor per row costs more than the whole conversion.
+    input_ids = torch.tensor([ids + [pad_id] * (seq_len - len(ids)) for ids in rows], dtype=torch.long)
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (seq_len - len(ids)) for ids in rows], dtype=torch.long)
     return input_ids, attention_mask
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
 from serve_app.batching.groups import merge, split_like
 
@@ -18,7 +18,7 @@ logger = logging.getLogger("ray.serve")
 Answer = TypeVar("Answer")
 Report = TypeVar("Report")
 #: Classifies a flat list of texts: (one answer per text, a report of the work done).
-ClassifyTexts = Callable[[list[str]], "tuple[list[Answer], Report]"]
+ClassifyTexts = Callable[[list[str]], Awaitable["tuple[list[Answer], Report]"]]
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ class IsolatedResults(Generic[Answer, Report]):
     reports: list
 
 
-def classify_isolating(classify: ClassifyTexts, requests: Sequence[list[str]]) -> IsolatedResults:
+async def classify_isolating(classify: ClassifyTexts, requests: Sequence[list[str]]) -> IsolatedResults:
     """`classify` over every request's texts at once; if that raises, over each request alone (a request
     whose own run raises gets that exception in its place)."""
     try:
-        answers, report = classify(merge(requests))
+        answers, report = await classify(merge(requests))
         return IsolatedResults(split_like(answers, requests), [report])
     except Exception as exc:
         if len(requests) == 1:
@@ -44,7 +44,7 @@ def classify_isolating(classify: ClassifyTexts, requests: Sequence[list[str]]) -
     reports = []
     for texts in requests:
         try:
-            answers, report = classify(texts)
+            answers, report = await classify(texts)
         except Exception as exc:
             results.append(exc)
         else:

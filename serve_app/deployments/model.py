@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
@@ -13,7 +14,7 @@ from ray import serve
 from serve_app.api.errors import BackendFailure
 from serve_app.api.schemas import ModelInfo, Prediction
 from serve_app.batching.groups import cut, merge
-from serve_app.batching.isolation import IsolatedResults, classify_isolating
+from serve_app.batching.isolation import classify_isolating
 from serve_app.config import AppConfig, BatchSettings
 from serve_app.metrics import ModelMetrics
 from serve_app.model.classifier import build_classifier
@@ -33,8 +34,9 @@ RequestAnswer = "list[Prediction] | BackendFailure"
 
 @serve.deployment(
     name="SentimentModel",
-    # Calls a replica accepts at once, running or queued (each carries one or more whole requests).
-    max_ongoing_requests=64,
+    # Calls a replica accepts at once, running or queued (each carries one or more whole requests); at
+    # least max_batch_size x max_concurrent_batches below, as Ray asks (it counts texts there).
+    max_ongoing_requests=128,
     # Past this many calls waiting at each caller, the handle raises BackPressureError: the ingress
     # answers 429 (limits.overload_status) + Retry-After instead of queueing without bound.
     max_queued_requests=16,
@@ -118,14 +120,18 @@ class SentimentModel:
     @serve.batch(
         max_batch_size=DEFAULT_BATCH.max_batch_size,
         batch_wait_timeout_s=DEFAULT_BATCH.batch_wait_timeout_s,
-        max_concurrent_batches=1,  # one batch at a time: the replica has one core (or NeuronCore)
+        # Two batches at once: on an accelerator, the next batch is tokenized and padded on the event loop
+        # while this one's forwards run on the device (the forward thread runs them one batch at a time).
+        # On the host CPU a batch runs on the event loop without yielding, so batches still run one by one,
+        # each taking everything that queued meanwhile.
+        max_concurrent_batches=2,
         batch_size_fn=lambda parts: sum(len(texts) for texts in parts),  # counts texts, not calls
     )
     async def _run_batch(self, parts: list[list[str]]) -> list[list[Prediction] | Exception]:
-        if self._forward_thread is None:
-            results = self._classify_parts(parts)
-        else:
-            results = await asyncio.get_running_loop().run_in_executor(self._forward_thread, self._classify_parts, parts)
+        results = await classify_isolating(self._classify_texts, parts)
+        for texts, answer in zip(parts, results.answers):
+            if isinstance(answer, Exception):
+                logger.error("a request of %d texts failed", len(texts), exc_info=answer)
         try:
             for report in results.reports:
                 self.metrics.record(report)
@@ -133,19 +139,18 @@ class SentimentModel:
             logger.warning("recording batch metrics failed", exc_info=True)
         return results.answers
 
-    def _classify_parts(self, parts: list[list[str]]) -> IsolatedResults:
-        results = classify_isolating(self._classify_texts, parts)
-        for texts, answer in zip(parts, results.answers):
-            if isinstance(answer, Exception):
-                logger.error("a request of %d texts failed", len(texts), exc_info=answer)
-        return results
-
-    def _classify_texts(self, texts: list[str]):
-        threads = self._threads if len(texts) >= PARALLEL_MIN_TEXTS else 1
-        if threads != self._forward_threads_now:  # only ever touched from the one thread forwards run on
-            self._set_threads(threads)
-            self._forward_threads_now = threads
-        return self.classifier.classify(texts)
+    async def _classify_texts(self, texts: list[str]):
+        if self._forward_thread is None:  # the host CPU: the whole classification here, on the event loop
+            threads = self._threads if len(texts) >= PARALLEL_MIN_TEXTS else 1
+            if threads != self._forward_threads_now:  # only ever touched from the event loop's thread
+                self._set_threads(threads)
+                self._forward_threads_now = threads
+            return self.classifier.classify(texts)
+        # An accelerator: the host's parts on the loop, the forwards on the forward thread (the device).
+        batch = self.classifier.prepare(texts)
+        started = time.perf_counter()
+        logits = await asyncio.get_running_loop().run_in_executor(self._forward_thread, self.classifier.run_forwards, batch)
+        return self.classifier.label(batch, logits, time.perf_counter() - started)
 
     def batch_settings(self) -> BatchSettings:
         return self.batch

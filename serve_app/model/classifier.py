@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from serve_app.backends.base import Backend
-from serve_app.batching.buckets import pad_to_bucket, padding_waste, plan_groups
+from serve_app.batching.buckets import Group, pad_to_bucket, padding_waste, plan_groups
 from serve_app.api.schemas import Prediction
 from serve_app.model.window import encode_window
 
@@ -45,6 +45,17 @@ def token_window(grid_max: int, tokenizer, model_config) -> int:
 
 
 @dataclass(frozen=True)
+class PreparedBatch:
+    """A batch on the host, ready for the backend: one padded (input_ids, attention_mask) per bucket."""
+
+    texts: int
+    groups: list[Group]
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]
+    lengths: list[int]
+    prepare_s: float
+
+
+@dataclass(frozen=True)
 class BatchReport:
     """What one classify() call did, for metrics and logs."""
 
@@ -53,8 +64,8 @@ class BatchReport:
     padded_tokens: int
     real_tokens: int
     bucket_names: tuple[str, ...]
-    tokenize_s: float
-    model_s: float
+    tokenize_s: float  # tokenize, plan and pad (the host's part before the forwards)
+    model_s: float  # the forwards
 
 
 def build_classifier(config, loaded, backend_factory=None) -> "Classifier":
@@ -92,33 +103,43 @@ class Classifier:
         the part of a long text the window can use (serve_app/model/window.py)."""
         return encode_window(self.tokenizer, texts, self.max_tokens)
 
-    def classify(self, texts: list[str]) -> tuple[list[Prediction], BatchReport]:
+    def prepare(self, texts: list[str]) -> PreparedBatch:
+        """The host's part before the forwards: tokenize once, cut by length into buckets, pad each."""
         started = time.perf_counter()
         token_ids = self.tokenize(texts)
         lengths = [len(ids) for ids in token_ids]
         groups = plan_groups(lengths, self.backend.grid, self.max_waste)
-        tokenized = time.perf_counter()
-        probabilities = torch.empty((len(texts), len(self.labels)), dtype=torch.float32)
-        for group in groups:
-            input_ids, attention_mask = pad_to_bucket(
-                [token_ids[i] for i in group.indices], group.bucket, self._pad_id, self._filler
-            )
-            logits = self.backend.forward(input_ids, attention_mask)
-            rows = logits[: len(group.indices)].float()
+        inputs = [pad_to_bucket([token_ids[i] for i in g.indices], g.bucket, self._pad_id, self._filler) for g in groups]
+        return PreparedBatch(len(texts), groups, inputs, lengths, time.perf_counter() - started)
+
+    def run_forwards(self, batch: PreparedBatch) -> list[torch.Tensor]:
+        """The backend's part: one forward per bucket (on an accelerator, the device's time)."""
+        return [self.backend.forward(input_ids, attention_mask) for input_ids, attention_mask in batch.inputs]
+
+    def label(self, batch: PreparedBatch, logits: list[torch.Tensor], model_s: float) -> tuple[list[Prediction], BatchReport]:
+        """The host's part after the forwards: scores and labels, in the texts' order."""
+        probabilities = torch.empty((batch.texts, len(self.labels)), dtype=torch.float32)
+        for group, group_logits in zip(batch.groups, logits):
+            rows = group_logits[: len(group.indices)].float()
             probabilities[list(group.indices)] = torch.softmax(rows, dim=-1) if self.scoring == "softmax" else torch.sigmoid(rows)
-        finished = time.perf_counter()
         scores, classes = probabilities.max(dim=-1)
-        predictions = [
-            Prediction(label=self.labels[int(c)], score=float(s)) for s, c in zip(scores.tolist(), classes.tolist())
-        ]
-        padded, real = padding_waste(groups, lengths)
+        labels = self.labels
+        predictions = [Prediction(label=labels[c], score=s) for s, c in zip(scores.tolist(), classes.tolist())]
+        padded, real = padding_waste(batch.groups, batch.lengths)
         report = BatchReport(
-            texts=len(texts),
-            forwards=len(groups),
+            texts=batch.texts,
+            forwards=len(batch.groups),
             padded_tokens=padded,
             real_tokens=real,
-            bucket_names=tuple(g.bucket.name for g in groups),
-            tokenize_s=tokenized - started,
-            model_s=finished - tokenized,
+            bucket_names=tuple(g.bucket.name for g in batch.groups),
+            tokenize_s=batch.prepare_s,
+            model_s=model_s,
         )
         return predictions, report
+
+    def classify(self, texts: list[str]) -> tuple[list[Prediction], BatchReport]:
+        """prepare, run_forwards and label in one call (what a host-CPU replica, tests and benches run)."""
+        batch = self.prepare(texts)
+        started = time.perf_counter()
+        logits = self.run_forwards(batch)
+        return self.label(batch, logits, time.perf_counter() - started)
