@@ -2,7 +2,7 @@
 
     python -m bench.overload [--url http://127.0.0.1:8000/analyze] [--clients 256] [--seconds 15]
 
-Prints the status codes seen (the service should answer only 200 and 503/429), latency of the 200s,
+Prints the status codes seen (the service should answer only 200 and 429, or 503 with `limits.overload_status: 503`), latency of the 200s,
 and whether a normal request succeeds right afterwards. Loopback only; bounded in count and time.
 """
 
