@@ -8,6 +8,11 @@ The manifests in kuberay/ hold example values (account 123456789012, us-west-2, 
 bucket sentiment-models-123456789012); this writes a copy of kuberay/*.yaml and kuberay/inf1/*.yaml with
 yours, so `kubectl apply -f` works on the rendered folder unchanged and kuberay/ stays a clean template.
 Only the standard library: runs with any python3.
+
+kuberay/inf1/ stays plain manifests, not a kustomize overlay of kuberay/: kustomize refuses files outside
+its folder ("security; file ... is not in or below ...") unless every user passes `--load-restrictor
+LoadRestrictionsNone`, and a kustomization.yaml in kuberay/ itself would break `kubectl apply -f kuberay/`.
+tests/test_kuberay.py validates both folders and that they serve the same application.
 """
 
 from __future__ import annotations
