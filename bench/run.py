@@ -23,15 +23,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-
-import httpx
 
 from bench.loadgen import NO_WRK_WARNING, announce_load_tool, run_load
 from bench.report import paired_ratios, plot, render_paired, render_table, render_targets, summarize
-from bench.servers import (BODY, INFINITY_PORT, LITSERVE_PORT, REPO, RUNNING, SEED_PORT, SERVE_PORT, THROUGHPUT_MODE, Server, start, stop,
-                           stop_all, stop_orphaned_haproxy, without_throughput_mode)
+from bench.servers import (BODY, INFINITY_PORT, LITSERVE_PORT, REPO, SEED_PORT, SERVE_PORT, Server, start, stop, stop_all,
+                           without_throughput_mode)
 
 #: The served app's args that change what one forward costs; the ceiling runs the model as served.
 PRECISION_ARGS = ("quantize", "dtype")
@@ -143,7 +141,7 @@ def define_servers(names: list[str], config: str, serve_env: dict, seed_dir: Pat
                                 (serve_bin, "run", config), f"http://127.0.0.1:{SERVE_PORT}/analyze", BODY,
                                 ray + tuple(serve_env.items())),
         "serve-ray-defaults": lambda: Server(
-            "serve-ray-defaults", f"this service without controller_options (Ray's Python proxy)",
+            "serve-ray-defaults", "this service without controller_options (Ray's Python proxy)",
             (serve_bin, "run", without_throughput_mode(config, out)), f"http://127.0.0.1:{SERVE_PORT}/analyze",
             BODY, ray + tuple(serve_env.items())),
         "litserve": lambda: Server("litserve", f"LitServe 0.2.19 (2 workers x 1 thread, batch 32, 5 ms; {peer_dtype})",

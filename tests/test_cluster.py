@@ -28,7 +28,6 @@ import json
 import re
 import secrets
 import threading
-import time
 from pathlib import Path
 
 import httpx

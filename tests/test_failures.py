@@ -15,7 +15,7 @@ from serve_app.config import AppConfig, CallSettings
 from serve_app.deployments.model_client import HandleClient, RequestForwarder
 from serve_app.api.errors import BackendFailure, NotReady, Overloaded
 from serve_app.model.residuals import dequantize_rows, quantize_rows
-from serve_app.api.schemas import ModelInfo, Prediction
+from serve_app.api.schemas import Prediction
 
 
 def run(coro):

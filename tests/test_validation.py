@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve_app.api.routes import validate_texts
-from serve_app.config import AppConfig, BatchSettings, LimitSettings, parse_app_args
+from serve_app.config import AppConfig, LimitSettings, parse_app_args
 from serve_app.api.errors import InvalidInput, TooLarge
 from serve_app.api.schemas import AnalyzeRequest
 
