@@ -138,7 +138,7 @@ def test_ab_variants_name_a_config_and_optionally_another_checkout(tmp_path):
 
 
 def test_only_orphaned_haproxy_from_this_prefix_is_stopped(tmp_path):
-    """bench.run.stop_orphaned_haproxy: a haproxy (here a copy of `sleep` named so) whose parent is gone is
+    """bench.servers.stop_orphaned_haproxy: a haproxy (here a copy of `sleep` named so) whose parent is gone is
     killed; one whose parent lives, or from another prefix, is left alone."""
     import shutil
     import subprocess

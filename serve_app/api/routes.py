@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from serve_app.api.body_limit import BodyLimit
 from serve_app.api.context import RequestContext, RequestObserver
@@ -58,14 +57,6 @@ async def analyze_texts(client: ModelClient, texts: list[str], limits: LimitSett
         raise Timeout(f"the model did not answer within {limits.request_timeout_s:g} s") from None
 
 
-def predictions_response(predictions: list[Prediction]) -> Response:
-    """The JSON answer, written directly (as JSONResponse renders it): the route returns a Response, so
-    FastAPI does not validate and re-serialize each prediction through the response model."""
-    body = json.dumps([{"label": label, "score": score} for label, score in predictions],
-                      ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return Response(body.encode("utf-8"), media_type="application/json")
-
-
 async def _with_timeout(awaitable, seconds: float):
     """asyncio.timeout where it exists (3.11+: no extra task per request), else wait_for (3.10, inf1 image)."""
     if hasattr(asyncio, "timeout"):
@@ -91,10 +82,10 @@ def create_api(client: ModelClient, config: AppConfig, observer: RequestObserver
     errors = {code: {"model": ErrorResponse} for code in (413, 422, 429, 500, 503, 504)}
 
     @api.post("/analyze", response_model=list[PredictionBody], responses=errors, summary="Classify text sentiment")
-    async def analyze(body: AnalyzeRequest, request: Request) -> Response:
+    async def analyze(body: AnalyzeRequest, request: Request) -> list[dict]:
         texts = validate_texts(body, limits, window)
         request.state.texts = len(texts)
-        return predictions_response(await analyze_texts(client, texts, limits))
+        return [{"label": label, "score": score} for label, score in await analyze_texts(client, texts, limits)]
 
     @api.get("/healthz", response_model=HealthStatus, responses={503: {"model": HealthStatus}}, summary="Readiness")
     async def healthz():

@@ -23,7 +23,7 @@ class AnalyzeRequest(BaseModel):
 
 class PredictionBody(BaseModel):
     """One text's label and its probability, as transformers.pipeline('sentiment-analysis') returns it (the
-    response's schema; the route writes the JSON itself from `Prediction`s)."""
+    response's schema: FastAPI validates and writes each answer through it)."""
 
     label: str = Field(description="POSITIVE or NEGATIVE (the model's label names).")
     score: float = Field(ge=0.0, le=1.0, description="Probability of `label`.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from serve_app.batching.groups import merge, split_like
 
@@ -22,7 +22,7 @@ ClassifyTexts = Callable[[list[str]], Awaitable["tuple[list[Answer], Report]"]]
 
 
 @dataclass(frozen=True)
-class IsolatedResults(Generic[Answer, Report]):
+class IsolatedResults:
     """Per request: its answers, or the exception its own classification raised; and the reports of the
     classifications that ran (one when the merged run succeeded)."""
 
