@@ -2,6 +2,7 @@
 
     python -m bench.ab serve_config.yaml other.yaml [--rounds 3] [--levels 8,32,128] [--seconds 8]
     python -m bench.ab serve_config.yaml /path/to/other/checkout::serve_config.yaml
+    python -m bench.ab serve_config.yaml other.yaml --device --texts 16    # on bench.device_mode's stand-in device
 
 Each variant is a serve config, or `DIR::CONFIG` to run another checkout's code (cwd and PYTHONPATH DIR),
 e.g. a `git worktree` of the commit before a change. One server up at a time; each round runs every
@@ -13,6 +14,7 @@ median and range of req/s (and median p50) per variant and level, and each varia
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import time
@@ -30,17 +32,25 @@ def parse_variant(spec: str) -> tuple[Path, str]:
     return (Path(code).resolve() if code else REPO), config
 
 
-def run_variant(spec: str, levels: list[int], seconds: float, log: Path) -> dict[int, tuple[float, float]]:
-    """{connections: (req/s, p50 ms)} for one start of one variant; raises if any request failed."""
+def run_variant(spec: str, levels: list[int], seconds: float, log: Path, body: dict = BODY,
+                device_dir: Path | None = None) -> dict[int, tuple[float, float]]:
+    """{connections: (req/s, p50 ms)} for one start of one variant; raises if any request failed.
+    With `device_dir`, the variant's config runs with bench.device_mode's stand-in backend (written there)."""
     code, config = parse_variant(spec)
+    if device_dir is not None:
+        from bench.device_mode import write_config
+
+        variant_dir = device_dir / hashlib.sha1(spec.encode()).hexdigest()[:10]
+        variant_dir.mkdir(parents=True, exist_ok=True)
+        config = str(write_config(variant_dir, code / config))
     serve_bin = str(Path(sys.executable).with_name("serve"))
     env = {"PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     proc = start([serve_bin, "run", config], URL, BODY, log, env, cwd=code)
     try:
-        run_load(URL, BODY, 8, 3)  # warm-up
+        run_load(URL, body, 8, 3)  # warm-up
         results = {}
         for connections in levels:
-            result = run_load(URL, BODY, connections, seconds)
+            result = run_load(URL, body, connections, seconds)
             if result.errors:
                 raise SystemExit(f"{spec}: {result.errors} failed requests at {connections} connections; see {log}")
             results[connections] = (result.rps, result.p50_ms)
@@ -58,22 +68,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="8,32,128")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--device", action="store_true", help="run each config on bench.device_mode's stand-in device")
+    parser.add_argument("--texts", type=int, default=1, help="texts per request (bench.device_mode's bodies)")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.levels.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     announce_load_tool()
+    from bench.device_mode import body_of
+
+    body = body_of(args.texts)
     runs: dict[str, list[dict[int, tuple[float, float]]]] = {spec: [] for spec in args.variants}
     try:
         for round_no in range(1, args.rounds + 1):
             order = args.variants if round_no % 2 else list(reversed(args.variants))
             for spec in order:
-                results = run_variant(spec, levels, args.seconds, args.out / "ab.log")
+                results = run_variant(spec, levels, args.seconds, args.out / "ab.log", body,
+                                      args.out / "ab_device_configs" if args.device else None)
                 runs[spec].append(results)
                 print(f"round {round_no} {spec}: " + "  ".join(f"c={c} {rps:.0f} req/s ({p50:.1f} ms)"
                                                              for c, (rps, p50) in results.items()), flush=True)
     finally:
         stop_all()
-    print(f"\n{args.rounds} rounds, alternating order: median req/s [range] (median p50 ms); x = median / the first's\n")
+    print(f"\n{args.texts} text(s) per request{' on the stand-in device' if args.device else ''}")
+    print(f"{args.rounds} rounds, alternating order: median req/s [range] (median p50 ms); x = median / the first's\n")
     print("| variant | " + " | ".join(f"c={c}" for c in levels) + " |")
     print("|---|" + "---:|" * len(levels))
     base = {c: statistics.median(r[c][0] for r in runs[args.variants[0]]) for c in levels}

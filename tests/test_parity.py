@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from serve_app.model.classifier import ModelMismatch, build_classifier, score_function
 from serve_app.config import AppConfig
 from serve_app.model.source import load_classifier, packaged_base_dir
-from serve_app.model.window import encode_window
+from serve_app.model.window import WindowEncoder
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +31,34 @@ TEXTS = st.lists(PIECES, min_size=0, max_size=300).map("".join) | st.text(max_si
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=TEXTS, window=st.sampled_from([3, 8, 16, 64]), chars_per_token=st.sampled_from([1, 2, 6]))
-def test_window_ids_equal_the_plain_truncated_call(tokenizer, text, window, chars_per_token):
-    expected = tokenizer([text], truncation=True, max_length=window)["input_ids"]
-    assert encode_window(tokenizer, [text], window, chars_per_token) == expected
+@given(texts=st.lists(TEXTS, min_size=1, max_size=3), window=st.sampled_from([3, 8, 16, 64]),
+       chars_per_token=st.sampled_from([1, 2, 6]))
+def test_window_ids_equal_the_plain_truncated_call(tokenizer, texts, window, chars_per_token):
+    """On the Rust tokenizer directly (short texts, and long ones whose prefix falls short) and through
+    the probe of prefixes: the ids transformers' own truncated call gives, for a batch of texts."""
+    expected = tokenizer(texts, truncation=True, max_length=window)["input_ids"]
+    assert WindowEncoder(tokenizer, window, chars_per_token)(texts) == expected
 
 
 def test_window_reads_a_prefix_of_a_long_text(tokenizer, monkeypatch):
     """The point of the cut: a 10,000-character text is tokenized from a few thousand characters."""
+    encoder = WindowEncoder(tokenizer, 512)
     seen: list[int] = []
-    call = type(tokenizer).__call__
 
-    def spy(self, texts, *args, **kwargs):
-        seen.extend(len(t) for t in texts)
-        return call(self, texts, *args, **kwargs)
+    def spy(read):
+        def reading(texts):
+            seen.extend(len(t) for t in texts)
+            return read(texts)
+        return reading
 
-    monkeypatch.setattr(type(tokenizer), "__call__", spy)
+    monkeypatch.setattr(encoder, "encode_whole", spy(encoder.encode_whole))
+    monkeypatch.setattr(encoder, "split_prefixes", spy(encoder.split_prefixes))
     text = "a fine and moving film . " * 400
     assert len(text) == 10_000
-    ids = encode_window(tokenizer, [text, "short"], 512)
+    ids = encoder([text, "short"])
     assert len(ids[0]) == 512
-    assert max(seen) <= 512 * 6, seen  # never the whole text
+    assert ids == tokenizer([text, "short"], truncation=True, max_length=512)["input_ids"]
+    assert sorted(seen) == [5, 512 * 6], seen  # never the whole text
 
 
 @pytest.fixture(scope="module")

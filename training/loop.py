@@ -99,7 +99,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
+        # Each rank downloads its own copy: ranks on one node that share `as_directory()`'s
+        # directory can read a file while a later rank downloads it again (ray-project/ray#48726).
+        with tempfile.TemporaryDirectory(prefix=f"resume-rank{rank}-") as ckpt_dir:
+            checkpoint.to_directory(ckpt_dir)
             state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=True)  # tensors and plain data only: a checkpoint never runs code
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])

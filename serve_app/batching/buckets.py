@@ -8,6 +8,7 @@ length-sorted, and padded only to their own longest text.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 
@@ -87,19 +88,18 @@ def plan_groups(lengths: list[int], grid: BucketGrid, max_waste: float = 0.5) ->
     """
     if any(n < 1 or n > grid.max_seq_len for n in lengths):
         raise ValueError(f"token lengths must be within 1..{grid.max_seq_len}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)  # stable: ties keep their order
+    seq_lens = grid.seq_lens
     groups: list[Group] = []
     current: list[int] = []
     seq_len = 0
     for index in order:
-        n = lengths[index]
-        if current:
-            row_waste = 1.0 - pick_bucket(grid, 1, n).seq_len / seq_len
-            if len(current) == grid.max_batch_size or row_waste >= max_waste:
-                groups.append(_close(lengths, current, grid))
-                current = []
+        row_len = _smallest_at_least(seq_lens, lengths[index]) if grid.fixed else lengths[index]
+        if current and (len(current) == grid.max_batch_size or 1.0 - row_len / seq_len >= max_waste):
+            groups.append(_close(lengths, current, grid))
+            current = []
         if not current:
-            seq_len = pick_bucket(grid, 1, n).seq_len
+            seq_len = row_len
         current.append(index)
     if current:
         groups.append(_close(lengths, current, grid))
@@ -122,11 +122,16 @@ def pad_to_bucket(
         raise ValueError(f"{len(token_ids)} rows do not fit bucket {bucket.name}")
     seq_len = bucket.seq_len
     rows = token_ids + [filler] * (bucket.batch_size - len(token_ids))
-    if max(map(len, rows)) > seq_len:
-        raise ValueError(f"a text of {max(map(len, rows))} tokens does not fit bucket {bucket.name}")
-    # Padded in Python and converted once: a tensor per row costs more than the whole conversion.
-    input_ids = torch.tensor([ids + [pad_id] * (seq_len - len(ids)) for ids in rows], dtype=torch.long)
-    attention_mask = torch.tensor([[1] * len(ids) + [0] * (seq_len - len(ids)) for ids in rows], dtype=torch.long)
+    lengths = [len(ids) for ids in rows]
+    if max(lengths) > seq_len:
+        raise ValueError(f"a text of {max(lengths)} tokens does not fit bucket {bucket.name}")
+    # One flat buffer, viewed as the bucket's shape: converting nested lists (or a row at a time) costs more.
+    flat = array("q")
+    for ids, length in zip(rows, lengths):
+        flat.extend(ids)
+        flat.extend([pad_id] * (seq_len - length))
+    input_ids = torch.frombuffer(flat, dtype=torch.long).view(bucket.batch_size, seq_len)
+    attention_mask = (torch.arange(seq_len) < torch.tensor(lengths)[:, None]).long()
     return input_ids, attention_mask
 
 

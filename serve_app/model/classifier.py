@@ -17,7 +17,7 @@ import torch
 from serve_app.backends.base import Backend
 from serve_app.batching.buckets import Group, pad_to_bucket, padding_waste, plan_groups
 from serve_app.api.schemas import Prediction
-from serve_app.model.window import encode_window
+from serve_app.model.window import WindowEncoder
 
 ScoreFunction = Literal["softmax", "sigmoid"]
 
@@ -95,13 +95,14 @@ class Classifier:
         self.max_waste = max_waste
         self.scoring = scoring
         self.max_tokens = max_tokens or token_window(backend.grid.max_seq_len, tokenizer, None)
+        self.encode_window = WindowEncoder(tokenizer, self.max_tokens)
         self._filler = [tokenizer.cls_token_id, tokenizer.sep_token_id]
         self._pad_id = tokenizer.pad_token_id or 0
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated to the window (as transformers.pipeline truncates), reading only
         the part of a long text the window can use (serve_app/model/window.py)."""
-        return encode_window(self.tokenizer, texts, self.max_tokens)
+        return self.encode_window(texts)
 
     def prepare(self, texts: list[str]) -> PreparedBatch:
         """The host's part before the forwards: tokenize once, cut by length into buckets, pad each."""
