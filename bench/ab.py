@@ -37,7 +37,7 @@ def run_variant(spec: str, levels: list[int], seconds: float, log: Path, body: d
     """{connections: (req/s, p50 ms)} for one start of one variant; raises if any request failed.
     With `device_dir`, the variant's config runs with bench.device_mode's stand-in backend (written there)."""
     code, config = parse_variant(spec)
-    if device_dir is not None:
+    if device_dir is not None and "serve_app.app:build_app" in (code / config).read_text():  # the service, not a floor app
         from bench.device_mode import write_config
 
         variant_dir = device_dir / hashlib.sha1(spec.encode()).hexdigest()[:10]
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="8,32,128")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--device", action="store_true", help="run each config on bench.device_mode's stand-in device")
+    parser.add_argument("--device", action="store_true",
+                        help="run the service's configs on bench.device_mode's stand-in device (others as they are)")
     parser.add_argument("--texts", type=int, default=1, help="texts per request (bench.device_mode's bodies)")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.levels.split(",")]

@@ -26,7 +26,7 @@ from bench.servers import REPO, start, stop
 
 #: stage -> substrings of a frame ("function (file:line)") that put a sample in it.
 STAGES = [
-    ("tokenize", ("encode_window", "tokenizers", "_batch_encode_plus", "tokenization_utils")),
+    ("tokenize", ("WindowEncoder", "tokenizers", "_batch_encode_plus", "tokenization_utils")),
     ("bucket plan + pad", ("plan_groups", "pad_to_bucket")),
     ("device wait (sleep)", ("DeviceTimeBackend.forward",)),
     ("labels + result objects", ("Classifier.classify", "Prediction")),
