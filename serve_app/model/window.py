@@ -44,6 +44,8 @@ class WindowEncoder:
             self.rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             self.rust.no_padding()
             self.rust.enable_truncation(max_tokens)
+            # encode_batch_fast skips character offsets (tokenizers >= 0.20.2; the inf1 image's may predate it).
+            self._encode_batch = getattr(self.rust, "encode_batch_fast", self.rust.encode_batch)
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         pending = [i for i, text in enumerate(texts) if len(text) > self.budget]
@@ -75,7 +77,7 @@ class WindowEncoder:
             return []
         if self.rust is None:
             return self.tokenizer(texts, truncation=True, max_length=self.max_tokens, padding=False)["input_ids"]
-        return [encoding.ids for encoding in self.rust.encode_batch_fast(texts)]
+        return [encoding.ids for encoding in self._encode_batch(texts)]
 
     def split_prefixes(self, prefixes: list[str]):
         """Encodings of text prefixes without special tokens or truncation (their word ids say where words end)."""
