@@ -73,6 +73,19 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def load_train_state(checkpoint, rank: int) -> dict:
+    """The training state a checkpoint holds, read from this rank's own copy of it.
+
+    Not `checkpoint.as_directory()`: for a remote (S3) checkpoint all ranks of a node share its download
+    directory, and a rank that starts after another finished downloading downloads again into the same
+    files while the first reads them (ray-project/ray#48726): a corrupted read on resume.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"resume-rank{rank}-") as ckpt_dir:
+        checkpoint.to_directory(ckpt_dir)
+        # Tensors and plain data only: a checkpoint never runs code.
+        return torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=True)
+
+
 def train_loop_per_worker(config_dict: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -99,11 +112,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        # Each rank downloads its own copy: ranks on one node that share `as_directory()`'s
-        # directory can read a file while a later rank downloads it again (ray-project/ray#48726).
-        with tempfile.TemporaryDirectory(prefix=f"resume-rank{rank}-") as ckpt_dir:
-            checkpoint.to_directory(ckpt_dir)
-            state = torch.load(Path(ckpt_dir) / TRAIN_STATE_FILE, weights_only=True)  # tensors and plain data only: a checkpoint never runs code
+        state = load_train_state(checkpoint, rank)
         load_trainable_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
