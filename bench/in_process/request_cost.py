@@ -13,6 +13,7 @@ bucket + forward, one thread, the served precision) of the worst one: the worst 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from pathlib import Path
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-forward", action="store_true", help="tokenizer figures only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread, as a served replica tokenizes
     config = AppConfig(model=args.model, dtype="auto")
     classifier = build_classifier(config, load_classifier(args.model))
     window, tokenizer = classifier.max_tokens, classifier.tokenizer
