@@ -1,4 +1,4 @@
-"""The serving path's floor on this machine: Ray Serve's own layers with no model work, for `bench.floor`.
+"""The serving path's floor on this machine: Ray Serve's own layers with no model work, run through `bench.ab` (bench/serve_config.floor_*.yaml).
 
     serve run <config with import_path bench.apps.serve_floor:http_only | bench.apps.serve_floor:with_handle>
 
