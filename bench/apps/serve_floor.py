@@ -1,4 +1,7 @@
-"""The serving path's floor on this machine: Ray Serve's own layers with no model work, run through `bench.ab` (bench/serve_config.floor_*.yaml).
+"""The serving path's floor on this machine: Ray Serve's own layers with no model work.
+
+    python -m bench.ab bench/serve_config.device_batching.yaml bench/serve_config.floor_http.yaml \
+        bench/serve_config.floor_handle.yaml --device --texts 16
 
     serve run <config with import_path bench.apps.serve_floor:http_only | bench.apps.serve_floor:with_handle>
 
