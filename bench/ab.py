@@ -3,9 +3,11 @@
     python -m bench.ab serve_config.yaml other.yaml [--rounds 3] [--levels 8,32,128] [--seconds 8]
     python -m bench.ab serve_config.yaml /path/to/other/checkout::serve_config.yaml
     python -m bench.ab serve_config.yaml other.yaml --device --texts 16    # on bench.device_mode's stand-in device
+    python -m bench.ab bench/serve_config.device_batching.yaml floor:http floor:handle --device --texts 16
 
 Each variant is a serve config, or `DIR::CONFIG` to run another checkout's code (cwd and PYTHONPATH DIR),
-e.g. a `git worktree` of the commit before a change. One server up at a time; each round runs every
+e.g. a `git worktree` of the commit before a change, or `floor:http` / `floor:handle`: Ray Serve's own
+layers with no model work (bench/apps/serve_floor.py) under serve_config.yaml's controller and HTTP options. One server up at a time; each round runs every
 variant (started, warmed up, loaded at each level with the seed's body, stopped), the order reversed on
 every other round, so a slow spell of this shared machine does not land on one variant only. Prints the
 median and range of req/s (and median p50) per variant and level, and each variant's median over the first.
@@ -20,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from bench.device_mode import body_of, write_config
 from bench.loadgen import announce_load_tool, run_load
 from bench.servers import BODY, REPO, SERVE_PORT, start, stop, stop_all
 
@@ -32,15 +37,32 @@ def parse_variant(spec: str) -> tuple[Path, str]:
     return (Path(code).resolve() if code else REPO), config
 
 
+#: `floor:NAME` variants -> the app of bench/apps/serve_floor.py they run.
+FLOOR_APPS = {"http": "bench.apps.serve_floor:http_only", "handle": "bench.apps.serve_floor:with_handle"}
+SERVICE_APP = "serve_app.app:build_app"
+
+
+def write_floor_config(out: Path, name: str, source: Path = REPO / "serve_config.yaml") -> Path:
+    """A serve config running floor app `name` with `source`'s controller, proxy and HTTP options."""
+    config = yaml.safe_load(source.read_text())
+    floor = {key: config[key] for key in ("controller_options", "proxy_location", "http_options") if key in config}
+    floor["applications"] = [{"name": "floor", "route_prefix": "/", "import_path": FLOOR_APPS[name]}]
+    path = out / f"serve_config.floor_{name}.yaml"
+    path.write_text(yaml.safe_dump(floor, sort_keys=False))
+    return path
+
+
 def run_variant(spec: str, levels: list[int], seconds: float, log: Path, body: dict = BODY,
                 device_dir: Path | None = None) -> dict[int, tuple[float, float]]:
     """{connections: (req/s, p50 ms)} for one start of one variant; raises if any request failed.
     With `device_dir`, the variant's config runs with bench.device_mode's stand-in backend (written there)."""
-    code, config = parse_variant(spec)
-    if device_dir is not None and "serve_app.app:build_app" in (code / config).read_text():  # the service, not a floor app
-        from bench.device_mode import write_config
-
-        variant_dir = device_dir / hashlib.sha1(spec.encode()).hexdigest()[:10]
+    variant_dir = (device_dir or log.parent / "ab_configs") / hashlib.sha1(spec.encode()).hexdigest()[:10]
+    if spec.startswith("floor:"):
+        variant_dir.mkdir(parents=True, exist_ok=True)
+        code, config = REPO, str(write_floor_config(variant_dir, spec.removeprefix("floor:")))
+    else:
+        code, config = parse_variant(spec)
+    if device_dir is not None and _import_path(code / config) == SERVICE_APP:  # the service, not a floor app
         variant_dir.mkdir(parents=True, exist_ok=True)
         config = str(write_config(variant_dir, code / config))
     serve_bin = str(Path(sys.executable).with_name("serve"))
@@ -61,6 +83,11 @@ def run_variant(spec: str, levels: list[int], seconds: float, log: Path, body: d
         time.sleep(2)
 
 
+def _import_path(config: Path) -> str:
+    [app] = yaml.safe_load(config.read_text())["applications"]
+    return app["import_path"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", help="serve configs (or DIR::CONFIG); the first is the baseline")
@@ -75,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(level) for level in args.levels.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     announce_load_tool()
-    from bench.device_mode import body_of
-
     body = body_of(args.texts)
     runs: dict[str, list[dict[int, tuple[float, float]]]] = {spec: [] for spec in args.variants}
     try:

@@ -1,9 +1,8 @@
 """The serving path's floor on this machine: Ray Serve's own layers with no model work.
 
-    python -m bench.ab bench/serve_config.device_batching.yaml bench/serve_config.floor_http.yaml \
-        bench/serve_config.floor_handle.yaml --device --texts 16
+    python -m bench.ab bench/serve_config.device_batching.yaml floor:http floor:handle --device --texts 16
 
-    serve run <config with import_path bench.apps.serve_floor:http_only | bench.apps.serve_floor:with_handle>
+(bench.ab writes each floor's serve config from serve_config.yaml's controller, proxy and HTTP options.)
 
 `http_only`: HAProxy -> one FastAPI Ingress replica whose route validates the body (the service's own
 AnalyzeRequest) and answers a constant prediction per text, in the service's response model: what Ray
