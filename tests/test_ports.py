@@ -16,7 +16,6 @@ def test_a_port_held_on_another_local_address_is_not_handed_out(monkeypatch):
     with socket.socket() as holder:
         holder.bind(("127.0.0.2", 0))  # all of 127/8 is local on Linux: stands in for the node's own IP
         held = holder.getsockname()[1]
-        monkeypatch.setattr(ports, "ephemeral_range_start", lambda: 65536)
         monkeypatch.setattr(ports.random, "sample", lambda candidates, k: [held, *range(20000, 20200)])
         monkeypatch.setattr(ports, "_handed_out", set())
         port = ports.free_port()

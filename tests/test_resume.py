@@ -3,7 +3,7 @@
 Ray Train's `Checkpoint.as_directory()` gives every rank on a node one shared download directory for a
 remote checkpoint; a rank that starts after another finished downloading downloads again into the same
 files while the first reads them (ray-project/ray#48726), which corrupted a resume from S3 in CI. The
-checkpoint here lives on an in-memory fsspec filesystem, which Ray treats as remote as it treats S3.
+checkpoint here is a local directory behind an fsspec filesystem, which Ray treats as remote as it treats S3.
 On `as_directory()` this fails every run: both ranks read the same directory, and in some runs one rank's
 read fails outright (the second download truncated or removed its file). What it does not show: S3 itself
 (the S3 tier's resume test runs the real thing).
